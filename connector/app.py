@@ -1,0 +1,385 @@
+"""Wiring and lifecycle of ``connector run``: start, run, drain, stop.
+
+Startup: metrics and the ops endpoint first (so a failing start is visible), then the publisher,
+then the session. Steady state: frames flow session -> router -> publisher -> Redis -> ack gate ->
+session. Stop (a signal, or the end of a backtest): stop reading, store what is buffered, send the
+final acks, close the WebSocket with 1000, exit 0, all within ``shutdown_timeout``; a second signal
+exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from connector import __version__
+from connector.acks import AckGate, Acknowledger, ImmediateGate
+from connector.config import Settings
+from connector.confirm import ConsumerGate
+from connector.http import OpsServer, Readiness
+from connector.lease import PrefixLease
+from connector.metrics import EVENT_TYPES, Metrics
+from connector.publisher import Publisher
+from connector.redis_client import RedisClient, make_redis
+from connector.registry import StreamProvisioner
+from connector.resp import WireConnection
+from connector.router import Router
+from connector.session import Session
+from connector.streams import SCHEMA_VERSION, Entry, StreamKeys
+from connector.writer import StreamWriter
+
+log = logging.getLogger(__name__)
+
+REDIS_CHECK_INTERVAL = 2.0
+
+
+class Connector:
+    """One connector service: a Trading API session feeding Redis streams."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: RedisClient | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics(
+            tuple(settings.consumer_groups), settings.metrics_symbol_labels
+        )
+        self.redis = redis if redis is not None else make_redis(settings)
+        self._owns_redis = redis is None
+        self.keys = StreamKeys(settings.stream_prefix)
+        acks_on = settings.mode == "backtest" or settings.ack_live
+        self.acknowledger = Acknowledger(
+            self._send_frame, self.metrics, enabled=acks_on, on_final=self._on_final
+        )
+        self.writer = StreamWriter(
+            self.redis,
+            settings.stream_maxlen,
+            self.keys.deadletter,
+            wire=None if settings.redis_cluster else self._open_wire,
+        )
+        self.writer.provision = StreamProvisioner(self.keys, settings.consumer_groups)
+        self.consumer_gate: ConsumerGate | None = None
+        self.gate: AckGate = self._make_gate()
+        self.publisher = Publisher(
+            self.writer,
+            self.metrics,
+            self.gate.on_stored,
+            max_batch=settings.batch_max_events,
+            max_events=settings.buffer_max_events,
+            max_bytes=settings.buffer_max_bytes,
+            dedupe_window=settings.dedupe_window,
+            on_dropped=self.acknowledger.forget,
+        )
+        self.router = Router(
+            self.keys,
+            self.publisher.submit,
+            self.metrics,
+            max_frame_bytes=settings.max_frame_bytes,
+            expect_ack=self.acknowledger.expect,
+            max_streams=settings.max_streams,
+        )
+        self.session = Session(settings, self.metrics, self)
+        self.ops = OpsServer(
+            settings.http_host, settings.http_port, self.metrics.registry, self.readiness
+        )
+        self.lease = (
+            PrefixLease(self.redis, self.keys.lease, settings.session_id)
+            if settings.prefix_lock
+            else None
+        )
+        self._stop_reading = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.completed = asyncio.Event()  # backtest_complete stored and acknowledged
+        self._redis_ok = False
+        self._stop_reason = ""
+        self._signals = 0
+        self._failed = False  # a reason to exit non-zero even after a clean drain
+
+    async def _open_wire(self) -> WireConnection:
+        """The write path's own connection (see :mod:`connector.resp`)."""
+        settings = self.settings
+        return await WireConnection.open(
+            settings.redis_url,
+            reply_timeout=settings.redis_timeout,
+            username=settings.redis_username,
+            password=settings.resolved_redis_password(),
+            ca_file=str(settings.redis_ca_file) if settings.redis_ca_file else None,
+        )
+
+    def _make_gate(self) -> AckGate:
+        settings = self.settings
+        if settings.ack_mode != "consumer":
+            return ImmediateGate(self.acknowledger)
+        self.consumer_gate = ConsumerGate(
+            self.redis,
+            self.keys,
+            settings.consumer_groups,
+            self.acknowledger,
+            self.metrics,
+            # Live acks are informational: gating them would only slow the feed down.
+            gated=settings.mode == "backtest",
+            timeout=settings.consumer_ack_timeout,
+            policy=settings.consumer_timeout_policy,
+            check_interval=settings.consumer_check_interval,
+            known_streams=self.writer.known_streams,
+            wire=None if settings.redis_cluster else self._open_wire,
+        )
+        return self.consumer_gate
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until stopped; returns the process exit code."""
+        self.metrics.set_info(self.settings.mode, self.settings.ack_mode)
+        log.info("starting", extra={"version": __version__, "settings": self.settings.describe()})
+        await self.ops.start()
+        await self._check_redis(first=True)
+        if self.lease is not None and not await self.lease.acquire(self._stop_requested):
+            await self.ops.stop()
+            log.info("stopped before starting", extra={"reason": self._stop_reason})
+            return 0
+        await self._provision_type_streams()
+        self._marker(
+            "started",
+            version=__version__,
+            mode=self.settings.mode,
+            schema=str(SCHEMA_VERSION),
+            session=self.settings.session_id,
+        )
+        publisher = asyncio.create_task(self.publisher.run(), name="publisher")
+        session = asyncio.create_task(self.session.run(self._stop_reading), name="session")
+        health = asyncio.create_task(self._watch_redis(), name="redis-health")
+        stop = asyncio.create_task(self._stop_requested.wait(), name="stop-request")
+        background = [health]
+        if self.consumer_gate is not None:
+            background.append(asyncio.create_task(self.consumer_gate.run(), name="confirm"))
+        if self.lease is not None:
+            background.append(
+                asyncio.create_task(self.lease.keep(self._lease_lost), name="prefix-lease")
+            )
+        for loop_task in background:
+            loop_task.add_done_callback(_report_unexpected_end)
+        code = 0
+        try:
+            done, _ = await asyncio.wait(
+                {publisher, session, stop}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for ended in done - {stop}:
+                if ended.exception() is not None:
+                    log.error("internal task failed", exc_info=ended.exception())
+                    code = 1
+            await self._drain(publisher, session)
+        finally:
+            everything: list[asyncio.Task[Any]] = [*background, stop, session, publisher]
+            for running in everything:
+                running.cancel()
+            for running in everything:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await running
+            await self.ops.stop()
+            if self.lease is not None:
+                await self.lease.release()
+            await self.writer.close()
+            if self._owns_redis:
+                with contextlib.suppress(Exception):
+                    await self.redis.aclose()
+        if self._failed:
+            code = 1
+        log.info("stopped", extra={"reason": self._stop_reason or "internal error", "code": code})
+        return code
+
+    async def _provision_type_streams(self) -> None:
+        """Announce the per-type streams (and create required groups) before any event, so
+        consumers following the registry are reading them when the first order or fill comes."""
+        keys = [
+            self.keys.of_type(label)
+            for label in EVENT_TYPES
+            if label not in ("candle", "quote", "ping")
+        ]
+        try:
+            await self.writer.provision_streams(keys)
+        except Exception as exc:  # Redis trouble of any kind: provisioning is retried on write
+            log.warning("cannot provision streams yet", extra={"error": str(exc)[:200]})
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful stop (idempotent)."""
+        if not self._stop_requested.is_set():
+            self._stop_reason = reason
+            log.info("stopping", extra={"reason": reason})
+            self._stop_requested.set()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: graceful stop; a second one: exit at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting at once", extra={"signal": sig.name})
+            logging.shutdown()
+            os._exit(1)
+        self.request_stop(f"signal {sig.name}")
+
+    async def _drain(self, publisher: asyncio.Task[None], session: asyncio.Task[None]) -> None:
+        """Stop reading, store what is buffered, send the last acks, close with 1000."""
+        deadline = time.monotonic() + self.settings.shutdown_timeout
+        self._stop_reading.set()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(session, max(0.0, deadline - time.monotonic()))
+        self._marker("stopped", reason=self._stop_reason)
+        self.publisher.close()
+        if not publisher.done():
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(publisher), max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                lost = self.publisher.buffered
+                log.error("shutdown deadline: events not stored", extra={"events": lost})
+                self.publisher.abandon()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(publisher, 1.0)
+        if self.consumer_gate is not None and not self.publisher.abandoned:
+            try:
+                await asyncio.wait_for(
+                    self.consumer_gate.wait_confirmed(), max(0.0, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                log.warning(
+                    "shutdown deadline: acks still held for consumer groups",
+                    extra={"unconfirmed": self.consumer_gate.unconfirmed},
+                )
+        if self.acknowledger.unsent:
+            try:
+                sent = await asyncio.wait_for(
+                    self.acknowledger.flush(), max(0.1, deadline - time.monotonic())
+                )
+            except TimeoutError:
+                sent = False
+            if not sent:
+                log.warning("final acks not sent", extra={"ids": self.acknowledger.unsent})
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.session.close(1000), max(0.1, deadline - time.monotonic()))
+
+    def _lease_lost(self, holder: str) -> None:
+        self._failed = True
+        self.request_stop(f"another connector ({holder}) took over the stream prefix")
+
+    def _on_final(self) -> None:
+        self.completed.set()
+        if self.settings.mode == "backtest" and self.settings.exit_on_complete:
+            self.request_stop("backtest complete")
+
+    # -- session handler -----------------------------------------------------------------------
+
+    def on_frame(self, frame: str | bytes, received: float) -> bytes | None:
+        return self.router.route(frame, received)
+
+    async def on_connected(self, gap_started: float | None) -> None:
+        if gap_started is not None:
+            now = time.time()
+            self._marker(
+                "reconnected",
+                gap_start=_ms(gap_started),
+                gap_end=_ms(now),
+                gap_ms=str(int((now - gap_started) * 1000)),
+            )
+        await self.acknowledger.flush()
+
+    def on_disconnected(self, reason: str) -> None:
+        self._marker("disconnected", reason=reason)
+
+    async def _send_frame(self, frame: bytes) -> bool:
+        return await self.session.send(frame)
+
+    # -- health --------------------------------------------------------------------------------
+
+    async def readiness(self) -> Readiness:
+        return self.readiness_now()
+
+    def readiness_now(self) -> Readiness:
+        """Connected to the Trading API, Redis answering and taking writes, nothing overdue."""
+        checks = {
+            "trading_api": self.session.connected,
+            "redis": self._redis_ok and self.publisher.healthy,
+        }
+        if self.consumer_gate is not None:
+            checks["consumers"] = not self.consumer_gate.overdue
+        if self.lease is not None and self.lease.holder is not None:
+            checks["prefix"] = False
+        detail = {}
+        if not checks.get("prefix", True):
+            detail["prefix"] = f"stream prefix held by {self.lease.holder if self.lease else ''}"
+        if not checks.get("consumers", True):
+            detail["consumers"] = "confirmation overdue (CONSUMER_ACK_TIMEOUT, policy hold)"
+        if not checks["trading_api"]:
+            detail["trading_api"] = "not connected"
+        if not checks["redis"]:
+            detail["redis"] = "not answering" if not self._redis_ok else "publishing fails"
+        return Readiness(all(checks.values()), checks, detail)
+
+    async def _watch_redis(self) -> None:
+        while True:
+            await asyncio.sleep(REDIS_CHECK_INTERVAL)
+            await self._check_redis()
+
+    async def _check_redis(self, first: bool = False) -> None:
+        try:
+            await asyncio.wait_for(self.redis.ping(), self.settings.redis_timeout)
+        except Exception as exc:  # any failure of the probe means: not answering
+            if self._redis_ok or first:
+                log.warning("Redis is not answering", extra={"error": str(exc)[:200]})
+            self._redis_ok = False
+        else:
+            if not self._redis_ok and not first:
+                log.info("Redis answers again")
+            self._redis_ok = True
+            await self._check_registry()
+        self.metrics.redis_up.set(1 if self._redis_ok else 0)
+
+    async def _check_registry(self) -> None:
+        """Redis restarted without its data: the registry, and with it the consumer groups,
+        are gone. Provision every stream again as it is next written."""
+        if not self.writer.known_streams:
+            return
+        try:
+            present = await self.redis.exists(self.keys.registry)
+        except Exception:  # the next check tries again
+            return
+        if not present:
+            log.warning(
+                "Redis lost the stream registry (a restart without persistence?); "
+                "creating streams, groups and registry again"
+            )
+            self.writer.known_streams.clear()
+            await self._provision_type_streams()
+
+    def _marker(self, kind: str, **fields: Any) -> None:
+        """A connector marker in the system stream (so downstream can see gaps)."""
+        now = time.time()
+        entry_fields = {"type": kind, "ts": _ms(now), **{k: str(v) for k, v in fields.items()}}
+        self.publisher.submit(
+            Entry(self.keys.system, entry_fields, "system", None, time.monotonic(), 256)
+        )
+
+
+def _report_unexpected_end(task: asyncio.Task[None]) -> None:
+    """Background loops run until cancelled; one that ends otherwise is a bug worth shouting."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "background task failed", extra={"task": task.get_name()}, exc_info=task.exception()
+        )
+
+
+def _ms(unix_seconds: float) -> str:
+    return str(int(unix_seconds * 1000))

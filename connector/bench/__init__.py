@@ -1,0 +1,1 @@
+"""The benchmark harness behind ``connector bench`` (see docs/performance.md)."""

@@ -1,0 +1,171 @@
+"""Starting the clients under test: the connector, the docs-loop baseline, the raw receiver.
+
+Each is started *before* the simulator, pointed at the port the simulator will listen on, and
+retries its connection until it is up. So the client's start-up (imports, settings, connecting
+to Redis) is over before the CPU reading that opens the measurement, and the simulator's feed,
+which starts when its first client connects, meets a client that is ready.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from connector.bench.procs import (
+    READY_TIMEOUT,
+    Managed,
+    Processes,
+    child_env,
+    file_contains,
+    free_port,
+    http_get,
+    wait_until,
+)
+
+STREAM_PREFIX = "md"
+#: The connector's log line once it is in its connect-retry loop (start-up is finished).
+RETRYING_MARKER = "cannot connect to the Trading API"
+
+
+@dataclass(slots=True)
+class ClientProcess:
+    """A started client: its process, and for the connector its HTTP port."""
+
+    kind: str
+    process: Managed
+    http_port: int | None = None
+    helpers: list[Managed] = field(default_factory=list)  # e.g. the confirming consumer
+
+    def metrics_text(self) -> str | None:
+        if self.http_port is None:
+            return None
+        answer = http_get(f"http://127.0.0.1:{self.http_port}/metrics")
+        return answer[1].decode("utf-8", "replace") if answer and answer[0] == 200 else None
+
+
+def connector_keys(symbols: Sequence[str], prefix: str = STREAM_PREFIX) -> list[str]:
+    """The connector's market-data streams for ``symbols`` (1m candles and quotes)."""
+    keys: list[str] = []
+    for symbol in symbols:
+        keys.append(f"{prefix}:{{{symbol}}}:candle:1m")
+        keys.append(f"{prefix}:{{{symbol}}}:quote")
+    return keys
+
+
+def baseline_keys(symbols: Sequence[str]) -> list[str]:
+    """The baseline's one stream per symbol."""
+    return [f"hello:{{{symbol}}}" for symbol in symbols]
+
+
+def start_connector(
+    processes: Processes,
+    api_url: str,
+    redis_url: str,
+    mode: str,
+    extra_env: Mapping[str, str] | None = None,
+    argv: Sequence[str] = (),
+    name: str = "connector",
+) -> ClientProcess:
+    """``python -m connector run`` (or ``argv``) configured by environment; returns once it is
+    retrying its connection (its start-up is over). ``name`` names its log file."""
+    http_port = free_port()
+    env = child_env(
+        {
+            "CONNECTOR_API_URL": api_url,
+            "CONNECTOR_MODE": mode,
+            "CONNECTOR_REDIS_URL": redis_url,
+            "CONNECTOR_STREAM_PREFIX": STREAM_PREFIX,
+            "CONNECTOR_HTTP_HOST": "127.0.0.1",
+            "CONNECTOR_HTTP_PORT": str(http_port),
+            "CONNECTOR_LOG_FORMAT": "json",
+            # Only the start-up wait for the simulator is affected (not the hot path).
+            "CONNECTOR_RECONNECT_MIN_DELAY": "0.02",
+            "CONNECTOR_RECONNECT_MAX_DELAY": "0.05",
+            **(extra_env or {}),
+        }
+    )
+    command = list(argv) or [sys.executable, "-m", "connector", "run"]
+    process = processes.start(name, command, env=env)
+    wait_until(
+        lambda: file_contains(process.log_path, RETRYING_MARKER),
+        READY_TIMEOUT,
+        f"{name} to start",
+        process=process,
+    )
+    return ClientProcess("connector", process, http_port)
+
+
+def start_baseline(processes: Processes, ws_url: str, redis_url: str) -> ClientProcess:
+    argv = [sys.executable, "-m", "connector.bench.baseline", ws_url, redis_url, "--quiet"]
+    process = processes.start("baseline", argv, capture_stdout=True)
+    _wait_ready_line(process)
+    return ClientProcess("baseline", process)
+
+
+def start_raw(processes: Processes, ws_url: str, args: Sequence[str]) -> ClientProcess:
+    argv = [sys.executable, "-m", "connector.bench.rawclient", ws_url, *args]
+    process = processes.start("raw", argv, capture_stdout=True)
+    _wait_ready_line(process)
+    return ClientProcess("raw", process)
+
+
+#: The ``--connector-env`` settings that ``connector consume`` honours too.
+CONSUMER_SETTINGS = frozenset({"CONNECTOR_EVENT_LOOP"})
+
+
+def start_consumer(
+    processes: Processes, redis_url: str, group: str, settings: Mapping[str, str] | None = None
+) -> Managed:
+    """``connector consume --group G``: the confirming consumer of consumer-ack mode.
+
+    Ready once it has joined its group on the connector's ``backtest_complete`` stream (which
+    the connector provisions, with the group, at start-up): so the consumer's start-up is over
+    before the run starts. Of ``settings`` (the ``--connector-env`` ones) it gets those it
+    honours (``CONSUMER_SETTINGS``: the event loop), so an A/B of the loop covers both processes.
+    It runs at log level WARNING (as an operator would under load).
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "connector",
+        "consume",
+        "--group",
+        group,
+        "--redis-url",
+        redis_url,
+        "--prefix",
+        STREAM_PREFIX,
+        "--log-level",
+        "WARNING",
+    ]
+    own = {k: v for k, v in (settings or {}).items() if k in CONSUMER_SETTINGS}
+    consumer = processes.start("consumer", argv, env=child_env(own))
+    probe = Redis.from_url(redis_url, socket_timeout=5)
+    key = f"{STREAM_PREFIX}:backtest_complete"
+
+    def joined() -> bool:
+        try:
+            return bool(probe.xinfo_consumers(key, group))
+        except RedisError:
+            return False
+
+    try:
+        wait_until(joined, READY_TIMEOUT, "the consumer to join its group", process=consumer)
+    finally:
+        probe.close()
+    return consumer
+
+
+def _wait_ready_line(process: Managed) -> None:
+    stdout = process.stdout_path
+    assert stdout is not None
+    wait_until(
+        lambda: file_contains(stdout, "ready"),
+        READY_TIMEOUT,
+        f"{process.name} to start",
+        process=process,
+    )

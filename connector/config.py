@@ -1,0 +1,400 @@
+"""Settings: every knob of the service, read from ``CONNECTOR_*`` variables and validated once.
+
+The settings model is the single source for the environment contract, for the ``connector run``
+flags (generated from the same fields) and for ``--help``. A bad value stops start-up with one line
+per problem that names the variable and what it accepts (see :func:`describe_errors`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CONNECTOR_"
+MASK = "***"
+
+# Names that may appear inside a Redis key without breaking it or a Cluster hash tag.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,64}")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+class Settings(BaseSettings):
+    """Configuration of ``connector run``. Field descriptions are the user documentation."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- Trading API session -------------------------------------------------------------------
+    api_url: str = Field(
+        "ws://localhost:8080/v1/ws",
+        description="Trading API WebSocket URL (ws:// or wss://); older servers use /ws.",
+    )
+    mode: Literal["backtest", "live"] = Field(
+        "live",
+        description="backtest: acks drive simulated time, exit after backtest_complete; "
+        "live: acks are informational.",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="API key sent on the upgrade request (as a flag it shows in process lists: "
+        "prefer the variable or API_KEY_FILE).",
+    )
+    api_key_file: Path | None = Field(
+        None, description="File holding the API key (e.g. a mounted secret); wins over API_KEY."
+    )
+    api_key_header: Literal["authorization", "x-api-key"] = Field(
+        "authorization",
+        description="How the key is sent: 'authorization' (Bearer) or 'x-api-key'.",
+    )
+    ws_ca_file: Path | None = Field(
+        None, description="PEM bundle of CAs trusted for wss:// (default: the system store)."
+    )
+    open_timeout: float = Field(10.0, gt=0, description="Seconds allowed for connect + upgrade.")
+    ping_interval: float = Field(
+        5.0, gt=0, description="Seconds between WebSocket protocol pings (liveness check)."
+    )
+    ping_timeout: float = Field(
+        5.0, gt=0, description="Seconds a ping may wait for its pong before it counts as missed."
+    )
+    max_missed_pongs: int = Field(
+        2, ge=1, description="Consecutive missed pongs after which the session reconnects."
+    )
+    reconnect_min_delay: float = Field(
+        0.1, gt=0, description="First reconnect backoff step in seconds (doubles per attempt)."
+    )
+    reconnect_max_delay: float = Field(
+        30.0, gt=0, description="Backoff cap in seconds; also the retry delay after HTTP 401/403."
+    )
+    reconnect_reset_after: float = Field(
+        30.0, ge=0, description="Seconds a connection must stay up before the backoff resets."
+    )
+    max_frame_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Frames above this size are dead-lettered; 8x this closes the connection.",
+    )
+    ws_compression: bool = Field(False, description="Offer permessage-deflate to the server.")
+    ack_live: bool = Field(True, description="Also acknowledge id-bearing events in live mode.")
+    exit_on_complete: bool = Field(
+        True, description="In backtest mode, exit 0 once backtest_complete is stored and acked."
+    )
+
+    # -- Redis --------------------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis URL: redis://, rediss:// (TLS) or unix://; credentials are masked.",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user (overrides the URL).")
+    redis_password: SecretStr | None = Field(
+        None, description="Redis password (overrides the URL's; prefer REDIS_PASSWORD_FILE)."
+    )
+    redis_password_file: Path | None = Field(
+        None, description="File holding the Redis password; wins over REDIS_PASSWORD."
+    )
+    redis_ca_file: Path | None = Field(None, description="PEM CA bundle for rediss://.")
+    redis_timeout: float = Field(5.0, gt=0, description="Seconds for one Redis round trip.")
+    redis_cluster: bool = Field(
+        False, description="REDIS_URL names a node of a Redis Cluster (use a cluster client)."
+    )
+    stream_prefix: str = Field(
+        "md", description="Prefix of every stream key (e.g. md:{AAPL}:quote)."
+    )
+    stream_maxlen: int = Field(
+        100_000, ge=0, description="Approximate MAXLEN per stream (0 keeps everything)."
+    )
+    batch_max_events: int = Field(
+        1000, ge=1, description="Most events written in one pipelined round trip."
+    )
+    buffer_max_events: int = Field(
+        100_000, ge=1, description="Events held while Redis is unavailable; oldest dropped beyond."
+    )
+    buffer_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Bytes held while Redis is unavailable."
+    )
+    session_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()[:48]}-{os.getpid()}",
+        description="Names this connector in markers and in the prefix lease (default host-pid).",
+    )
+    prefix_lock: bool = Field(
+        True,
+        description="Hold a lease on STREAM_PREFIX so a second connector cannot interleave "
+        "its session into the same streams (it waits instead).",
+    )
+    max_streams: int = Field(
+        10_000,
+        ge=1,
+        description="Most distinct candle/quote streams; frames for more are dead-lettered.",
+    )
+    dedupe_window: int = Field(
+        100_000, ge=0, description="Recent event ids remembered to drop re-deliveries (0: off)."
+    )
+
+    # -- Acknowledgement ----------------------------------------------------------------------
+    ack_mode: Literal["immediate", "consumer"] = Field(
+        "immediate",
+        description="immediate: ack once Redis stored the event; consumer: once every group in "
+        "CONSUMER_GROUPS confirmed it.",
+    )
+    consumer_groups: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma list of consumer groups that must confirm."
+    )
+    consumer_ack_timeout: float = Field(
+        0.0, ge=0, description="Seconds to wait for group confirmation before the policy (0: none)."
+    )
+    consumer_timeout_policy: Literal["hold", "release"] = Field(
+        "hold", description="On timeout: hold (keep waiting, flagged) or release (ack, counted)."
+    )
+    consumer_check_interval: float = Field(
+        0.05, gt=0, description="Seconds between checks of group positions (plain XACK users)."
+    )
+
+    # -- Operations ---------------------------------------------------------------------------
+    http_host: str = Field("0.0.0.0", description="Address for /metrics, /healthz, /readyz.")
+    http_port: int = Field(9464, ge=0, le=65535, description="Port for HTTP (0: pick a free one).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: text on a terminal, JSON otherwise."
+    )
+    metrics_symbol_labels: bool = Field(
+        False, description="Add a per-symbol events counter (unbounded label values: opt in)."
+    )
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="auto: uvloop when installed (faster I/O), else asyncio's own."
+    )
+    shutdown_timeout: float = Field(
+        10.0, gt=0, description="Seconds a graceful stop may take to flush and ack."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "mode", "ack_mode", "api_key_header", "log_format", "event_loop", mode="before"
+    )
+    @classmethod
+    def _lower_choice(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("must be a ws:// or wss:// URL with a host")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("must name a host, e.g. redis://localhost:6379/0")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("must name a socket path, e.g. unix:///run/redis.sock")
+        return value
+
+    @field_validator("stream_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _SAFE_NAME.fullmatch(value):
+            raise ValueError("must be 1-64 characters of letters, digits and _ . : - /")
+        return value
+
+    @field_validator("session_id")
+    @classmethod
+    def _check_session_id(cls, value: str) -> str:
+        if not _GROUP_NAME.fullmatch(value):
+            raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
+        return value
+
+    @field_validator("consumer_groups", mode="before")
+    @classmethod
+    def _split_groups(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("consumer_groups")
+    @classmethod
+    def _check_groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not _GROUP_NAME.fullmatch(group):
+                raise ValueError(
+                    f"group {group!r} must be 1-64 characters of letters, digits and _ . : -"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("names a group twice")
+        return value
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Settings:
+        if self.ack_mode == "consumer" and not self.consumer_groups:
+            raise ValueError(
+                "CONNECTOR_ACK_MODE=consumer needs CONNECTOR_CONSUMER_GROUPS (comma list of groups)"
+            )
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError(
+                "CONNECTOR_RECONNECT_MIN_DELAY must not exceed CONNECTOR_RECONNECT_MAX_DELAY"
+            )
+        if self.redis_cluster and self.redis_url.startswith("unix://"):
+            raise ValueError("CONNECTOR_REDIS_CLUSTER needs a redis:// or rediss:// node URL")
+        if self.ws_ca_file is not None and not self.api_url.startswith("wss://"):
+            raise ValueError("CONNECTOR_WS_CA_FILE is only used with a wss:// CONNECTOR_API_URL")
+        return self
+
+    # -- derived values -----------------------------------------------------------------------
+
+    def resolved_api_key(self) -> str | None:
+        """The API key, read from API_KEY_FILE when set (so a rotated secret is picked up)."""
+        if self.api_key_file is not None:
+            return _read_secret_file(self.api_key_file, "CONNECTOR_API_KEY_FILE")
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    def resolved_redis_password(self) -> str | None:
+        if self.redis_password_file is not None:
+            return _read_secret_file(self.redis_password_file, "CONNECTOR_REDIS_PASSWORD_FILE")
+        return self.redis_password.get_secret_value() if self.redis_password else None
+
+    def secrets(self) -> list[str]:
+        """Every secret value in use, so logs can scrub them wherever they appear."""
+        found = [
+            self.resolved_api_key(),
+            self.resolved_redis_password(),
+            *_url_secrets(self.redis_url),
+            *_url_secrets(self.api_url),
+        ]
+        return [value for value in found if value]
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as printable values, secrets masked."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = MASK
+            elif isinstance(value, Path):
+                value = str(value)
+            elif name in ("redis_url", "api_url"):
+                value = mask_url(value)
+            shown[name] = value
+        return shown
+
+    def __repr_args__(self) -> Any:
+        # pydantic's default repr would show the Redis URL's password.
+        return list(self.describe().items())
+
+
+class ConfigError(Exception):
+    """Start-up configuration problem; ``str()`` is the one-line user message."""
+
+
+def _read_secret_file(path: Path, variable: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"{variable}: {path} is empty")
+    return value
+
+
+def _url_password(url: str) -> str | None:
+    return urlsplit(url).password
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password and query values replaced by ``***`` (user names, hosts and
+    query keys stay visible): ``?token=...`` is as secret as a password."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        netloc = (f"{parts.username}:{MASK}" if parts.username else MASK) + f"@{host}"
+    query = "&".join(
+        f"{key}={MASK}" if value else key for key, value in parse_qsl(parts.query, True)
+    )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_SECRET_PARAMETER = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The password and secret-looking query values of ``url`` (for scrubbing logs; masking
+    for display hides every query value anyway)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    return [parts.password or "", *(v for k, v in query if _SECRET_PARAMETER.search(k))]
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def describe_errors(error: ValidationError, from_flags: frozenset[str] = frozenset()) -> str:
+    """One line per problem, naming the variable (and flag) and what it accepts."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item.get("loc", ()) if isinstance(part, str)]
+        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not loc:
+            lines.append(message)
+            continue
+        field = loc[0]
+        name = flag_name(field) if field in from_flags else env_name(field)
+        if item.get("type") == "extra_forbidden":
+            lines.append(f"{name}: unknown setting")
+            continue
+        given = item.get("input")
+        shown = "" if _is_secret(field) or isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{name}: {_plain(message)}{shown}")
+    return "; ".join(lines)
+
+
+def _is_secret(field: str) -> bool:
+    return field in ("api_key", "redis_password", "redis_url", "api_url")
+
+
+def _plain(message: str) -> str:
+    return message.replace("Input should be", "expected").replace("input should be", "expected")
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build settings from the environment plus ``overrides`` (command-line flags).
+
+    Raises :class:`ConfigError` with a user-facing message on any invalid value.
+    """
+    overrides = overrides or {}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, frozenset(overrides))) from None
+    # Read secret files now, so a missing file fails at start-up and not at first connect.
+    settings.resolved_api_key()
+    settings.resolved_redis_password()
+    return settings

@@ -1,0 +1,551 @@
+"""The downstream toolkit: read the connector's streams in a consumer group, process, confirm.
+
+Usage::
+
+    from redis.asyncio import Redis
+    from connector.consumer import GroupConsumer, Message
+
+    async def handle(batch: list[Message]) -> None:
+        for message in batch:
+            print(message.stream, message.fields["close"])
+
+    consumer = GroupConsumer(Redis.from_url("redis://localhost:6379/0"), "strategy")
+    await consumer.run(handle)          # until consumer.stop()
+
+What it does for you:
+
+* **Discovery.** With no explicit ``streams``, it follows every data stream under the prefix
+  (optionally only some ``types`` or ``symbols``): existing ones from the registry
+  (``{prefix}:streams``), new ones as the connector announces them.
+* **Batches.** Blocking XREADGROUP reads (one per hash slot on a Redis Cluster, where a command may
+  not span slots); your handler gets lists of messages, one batch at a time.
+* **Confirmation.** After the handler returns, one round trip XACKs the batch and publishes a
+  notification on ``{prefix}:confirm``; a connector in consumer-ack mode is blocked on that channel
+  and releases the engine at once. If the handler raises, nothing is confirmed: the entries stay
+  pending and are delivered again after ``claim_idle_ms``.
+* **Dead members.** Entries left pending by a member idle for ``claim_idle_ms`` (a crashed
+  process) are claimed with XAUTOCLAIM and processed here. Entries this member had read before a
+  restart (same ``name``) are processed first.
+* **Lost groups.** If the group disappears (deleted, Redis restarted), the connector recreates it
+  just below the oldest entry it still waits for; if it has not done so within
+  ``recover_after`` seconds, this consumer recreates it just after its own last confirmed entry.
+* **Stop.** :meth:`GroupConsumer.stop` ends :meth:`GroupConsumer.run` once the reads in flight
+  (at most ``block_ms``) are processed and confirmed: nothing read is left unconfirmed.
+* ``on_confirmed``, if given, is called with each batch once its confirmation is in Redis.
+
+The client's socket timeout must exceed ``block_ms`` (redis-py's default has none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ResponseError
+
+from connector.resp import Arg, Endpoint, WireConnection, encode_command
+from connector.streams import StreamInfo, StreamKeys, parse_key
+
+log = logging.getLogger(__name__)
+
+MAX_READERS = 64  # blocking connections per consumer on a single node (see _shard_of)
+
+RedisClient = Redis | RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stream entry: where it came from, its id, and its fields as text."""
+
+    stream: str
+    id: str
+    fields: dict[str, str]
+    type: str
+    symbol: str | None = None
+
+
+Handler = Callable[[list[Message]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    processed: int = 0
+    confirmed: int = 0
+    claimed: int = 0
+    failed_batches: int = 0
+    recovered_groups: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class GroupConsumer:
+    """A member of consumer group ``group`` on the connector's streams."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        group: str,
+        name: str | None = None,
+        *,
+        prefix: str = "md",
+        streams: Sequence[str] | None = None,
+        types: Collection[str] | None = None,
+        symbols: Collection[str] | None = None,
+        batch_size: int = 256,
+        block_ms: int = 100,
+        claim_idle_ms: int = 30_000,
+        start_id: str = "$",
+        notify: bool = True,
+        recover_after: float = 1.0,
+        on_confirmed: Callable[[list[Message]], None] | None = None,
+        fast: bool = True,
+    ) -> None:
+        if batch_size < 1 or block_ms < 1 or claim_idle_ms < 1:
+            raise ValueError("batch_size, block_ms and claim_idle_ms must be positive")
+        self.redis = redis
+        self.group = group
+        self.name = name or default_name()
+        self.keys = StreamKeys(prefix)
+        self.stats = ConsumerStats()
+        self._cluster = isinstance(redis, RedisCluster)
+        self._fixed = list(streams) if streams is not None else None
+        self._types = set(types) if types else None
+        self._symbols = set(symbols) if symbols else None
+        self._batch = batch_size
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._claim_every = max(claim_idle_ms / 2000, 0.05)
+        self._start_id = start_id
+        self._notify = notify
+        self._recover_after = recover_after
+        self._on_confirmed = on_confirmed
+        self._streams: list[str] = []
+        self._shards: dict[int, list[str]] = {}  # hash slot (0 on one node) -> its streams
+        self._readers: dict[int, asyncio.Task[None]] = {}
+        self._processing = asyncio.Lock()
+        self._pending: list[Message] = []
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._registry_cursor = "0-0"
+        self._confirmed_upto: dict[str, str] = {}
+        self._missing_since: dict[str, float] = {}
+        self._stopping = asyncio.Event()
+        self._infos: dict[str, StreamInfo] = {}
+        # The hot loop (blocking reads, confirmations) runs on connections of its own when the
+        # client is a plain single-node Redis; see connector.resp. fast=False keeps redis-py.
+        self._endpoint = None if self._cluster or not fast else Endpoint.of_client(redis)
+        self._wires: dict[str, WireConnection] = {}
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._ready.set()
+        self._room.set()  # readers waiting to deliver: finish, so what they read is processed
+
+    async def run(self, handler: Handler) -> None:
+        """Read, process and confirm until :meth:`stop`."""
+        if self._fixed is not None:
+            await self._join(self._fixed)
+        else:
+            await self._discover(block_ms=None)
+        await self._drain_own_pending(handler)
+        background: list[asyncio.Task[None]] = []
+        if self._fixed is None:
+            background.append(
+                asyncio.create_task(self._follow_registry(), name="consumer-discover")
+            )
+        try:
+            await self._process_loop(handler)
+        finally:
+            for task in background:
+                task.cancel()
+            # Readers end by themselves within block_ms once stopping; what they read is
+            # processed and confirmed below: nothing read is left unconfirmed.
+            readers = list(self._readers.values())
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.gather(*readers, return_exceptions=True), self._block_ms / 1000 + 5
+                )
+            for task in (*background, *readers):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            while self._pending:
+                batch = self._take()
+                await self._process(batch, handler)
+            for wire in list(self._wires.values()):
+                await wire.close()
+            self._wires.clear()
+
+    async def _process_loop(self, handler: Handler) -> None:
+        """Process what the readers deliver, one batch at a time; claim on schedule."""
+        next_claim = time.monotonic() + self._claim_every
+        while not self._stopping.is_set():
+            if not self._pending:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_claim - time.monotonic())):
+                        await self._ready.wait()
+                self._ready.clear()
+            if self._pending and not self._stopping.is_set():
+                # One turn of the loop first: readers woken by the same write (one per stream)
+                # add their entries, and the whole write is processed and confirmed at once.
+                await asyncio.sleep(0)
+                await self._process(self._take(), handler)
+            if time.monotonic() >= next_claim:
+                next_claim = time.monotonic() + self._claim_every
+                with contextlib.suppress(Exception):  # the next cycle tries again
+                    await self._claim(handler)
+
+    def _take(self) -> list[Message]:
+        batch = self._pending[: self._batch]
+        del self._pending[: len(batch)]
+        self._room.set()
+        return batch
+
+    async def _deliver(self, messages: list[Message]) -> None:
+        """Hand entries to the processor; wait while it is a batch behind (back-pressure)."""
+        while len(self._pending) >= self._batch and not self._stopping.is_set():
+            self._room.clear()
+            await self._room.wait()
+        self._pending.extend(messages)
+        self._ready.set()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _shard_of(self, stream: str, index: int) -> int:
+        """Which reader reads ``stream`` (the ``index``-th stream joined).
+
+        On a cluster, one per hash slot (a command may not span slots). On one node with our
+        own connections, one per stream, up to MAX_READERS: Redis before 7.2 wakes a blocked
+        multi-stream read with only the stream that got data first, so one reader per stream
+        receives a whole write at once. Through redis-py, one reader for everything.
+        """
+        if self._cluster:
+            return key_slot(stream.encode())
+        if self._endpoint is not None:
+            return index % MAX_READERS
+        return 0
+
+    def _assign(self, streams: Sequence[str]) -> None:
+        for stream in streams:
+            if stream in self._streams:
+                continue
+            shard = self._shard_of(stream, len(self._streams))
+            self._streams.append(stream)
+            self._shards.setdefault(shard, []).append(stream)
+            if shard not in self._readers:
+                self._readers[shard] = asyncio.create_task(
+                    self._read_shard(shard), name=f"consumer-read-{shard}"
+                )
+
+    async def _read_shard(self, shard: int) -> None:
+        """Blocking reads of one shard's streams, delivered to the processor."""
+        while not self._stopping.is_set():
+            streams = self._shards[shard]
+            try:
+                reply = await self._xreadgroup(f"read-{shard}", streams, block=True)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.warning("consumer: read refused", extra={"error": str(exc)})
+                    await self._pause(0.5)
+                    continue
+                await self._recover_groups(streams)
+                continue
+            except Exception as exc:  # a failed round trip must not end the loop
+                log.warning("consumer: Redis unavailable; retrying", extra={"error": str(exc)})
+                await self._pause(0.5)
+                continue
+            messages = self._messages(reply)
+            if messages and len(streams) > 1:
+                messages += await self._sweep(shard, streams, {m.stream for m in messages})
+            if messages:
+                await self._deliver(messages)
+
+    async def _sweep(self, shard: int, streams: list[str], served: set[str]) -> list[Message]:
+        """Redis before 7.2 answers a blocked multi-stream read with the one stream that woke
+        it; what the same write put in the other streams would wait for another cycle (and, in
+        consumer-ack mode, hold the engine for it). One non-blocking read collects it now."""
+        rest = [stream for stream in streams if stream not in served]
+        try:
+            reply = await self._xreadgroup(f"read-{shard}", rest, block=False)
+        except Exception:  # the next blocking read will see the same entries
+            return []
+        return self._messages(reply)
+
+    async def _xreadgroup(self, lane: str, streams: list[str], *, block: bool) -> Any:
+        """XREADGROUP ``>`` on ``streams``: over this consumer's own connection when it can
+        (replies parsed in C), else through redis-py."""
+        if self._endpoint is None:
+            return await self.redis.xreadgroup(
+                self.group,
+                self.name,
+                dict.fromkeys(streams, ">"),
+                count=self._batch,
+                block=self._block_ms if block else None,
+            )
+        command: list[Arg] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", self._batch]
+        if block:
+            command += ["BLOCK", self._block_ms]
+        command += ["STREAMS", *streams, *([">"] * len(streams))]
+        (reply,) = await self._wire_call(lane, encode_command(command), 1)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _wire_call(self, lane: str, payload: bytes, replies: int) -> list[Any]:
+        wire = self._wires.get(lane)
+        if wire is None:
+            assert self._endpoint is not None
+            wire = self._wires[lane] = await WireConnection.connect(
+                self._endpoint, reply_timeout=self._block_ms / 1000 + 10
+            )
+        try:
+            return await wire.execute(payload, replies)
+        except BaseException:
+            del self._wires[lane]
+            await wire.close()
+            raise
+
+    def _messages(self, reply: Any) -> list[Message]:
+        """Messages from an XREADGROUP/XAUTOCLAIM reply, in redis-py's shape or the raw one."""
+        out: list[Message] = []
+        if isinstance(reply, dict):  # RESP3 shape
+            reply = list(reply.items())
+        for stream_raw, rows in reply or []:
+            stream = _text(stream_raw)
+            info = self._stream_info(stream)
+            kind = info.type if info else "other"
+            symbol = info.symbol if info else None
+            for row in rows:
+                entry_id, fields = row[0], row[1]
+                if fields is None:  # trimmed while pending
+                    continue
+                if isinstance(fields, dict):
+                    decoded = {_text(k): _text(v) for k, v in fields.items()}
+                else:  # raw: [field, value, field, value, ...]
+                    flat = [item.decode() for item in fields]
+                    decoded = dict(zip(flat[::2], flat[1::2], strict=True))
+                out.append(Message(stream, _text(entry_id), decoded, kind, symbol))
+        return out
+
+    def _stream_info(self, stream: str) -> StreamInfo | None:
+        info = self._infos.get(stream)
+        if info is None:
+            info = parse_key(self.keys.prefix, stream)
+            if info is not None and len(self._infos) < 65_536:
+                self._infos[stream] = info
+        return info
+
+    async def _drain_own_pending(self, handler: Handler) -> None:
+        """Entries delivered to this name before a restart come first."""
+        for streams in list(self._shards.values()):
+            while not self._stopping.is_set():
+                reply = await self.redis.xreadgroup(
+                    self.group, self.name, dict.fromkeys(streams, "0"), count=self._batch
+                )
+                messages = self._messages(reply)
+                if not messages:
+                    break
+                failed = self.stats.failed_batches
+                await self._process(messages, handler)
+                if self.stats.failed_batches > failed:
+                    break  # leave failures to the claim cycle rather than spin on them
+
+    async def _claim(self, handler: Handler) -> None:
+        if not self._streams:
+            return
+        streams = list(self._streams)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xautoclaim(
+                stream, self.group, self.name, self._claim_idle_ms, "0-0", count=self._batch
+            )
+        replies = await pipe.execute(raise_on_error=False)
+        claimed: list[Message] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue  # NOGROUP and the like are handled by the readers
+            claimed.extend(self._messages([(stream, reply[1])]))
+        if claimed:
+            self.stats.claimed += len(claimed)
+            log.info("claimed entries from an idle member", extra={"entries": len(claimed)})
+            await self._process(claimed, handler)
+
+    # -- processing ----------------------------------------------------------------------------
+
+    async def _process(self, messages: list[Message], handler: Handler) -> None:
+        async with self._processing:  # one batch at a time, whichever reader or claim has it
+            await self._process_now(messages, handler)
+
+    async def _process_now(self, messages: list[Message], handler: Handler) -> None:
+        try:
+            await handler(messages)
+        except Exception:
+            self.stats.failed_batches += 1
+            log.exception(
+                "handler failed; the batch stays pending and will be retried",
+                extra={"entries": len(messages)},
+            )
+            return
+        self.stats.processed += len(messages)
+        for message in messages:
+            self.stats.by_type[message.type] = self.stats.by_type.get(message.type, 0) + 1
+        await self._confirm(messages)
+
+    async def _confirm(self, messages: list[Message]) -> None:
+        """XACK the batch and announce it: one round trip on a single node. A cluster pipeline
+        cannot carry PUBLISH, so there the notification follows the XACKs (two round trips)."""
+        by_stream: dict[str, list[str]] = {}
+        for message in messages:
+            by_stream.setdefault(message.stream, []).append(message.id)
+        note = orjson.dumps({"g": self.group, "e": by_stream}) if self._notify else None
+        while True:
+            try:
+                await self._ack_and_announce(by_stream, note)
+                break
+            except Exception as exc:  # a failed round trip must not end the loop
+                # Unconfirmed work is redelivered anyway; retrying keeps duplicates rare.
+                log.warning("consumer: confirm failed; retrying", extra={"error": str(exc)})
+                if await self._pause(0.2):
+                    return
+        self.stats.confirmed += len(messages)
+        for stream, ids in by_stream.items():
+            self._confirmed_upto[stream] = max(ids, key=_id_key)
+        if self._on_confirmed is not None:
+            self._on_confirmed(messages)
+
+    async def _ack_and_announce(self, by_stream: dict[str, list[str]], note: bytes | None) -> None:
+        if self._endpoint is not None:
+            commands: list[list[Arg]] = [
+                ["XACK", stream, self.group, *ids] for stream, ids in by_stream.items()
+            ]
+            if note is not None:
+                commands.append(["PUBLISH", self.keys.confirm_channel, note])
+            payload = b"".join(encode_command(command) for command in commands)
+            for reply in await self._wire_call("confirm", payload, len(commands)):
+                if isinstance(reply, ResponseError):
+                    raise reply
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        if note is not None and not self._cluster:
+            pipe.publish(self.keys.confirm_channel, note)
+        await pipe.execute()
+        if note is not None and self._cluster:
+            await self.redis.publish(self.keys.confirm_channel, note)
+
+    # -- streams and groups --------------------------------------------------------------------
+
+    def _wanted(self, stream: str) -> bool:
+        if not self.keys.is_data_stream(stream):
+            return False
+        info = parse_key(self.keys.prefix, stream)
+        if info is None:
+            return False
+        if self._types is not None and info.type not in self._types:
+            return False
+        return self._symbols is None or info.symbol in self._symbols
+
+    async def _follow_registry(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._discover(block_ms=self._block_ms)
+            except Exception as exc:  # a failed round trip must not end the loop
+                log.warning("consumer: cannot read the registry", extra={"error": str(exc)})
+                await self._pause(0.5)
+
+    async def _discover(self, block_ms: int | None) -> None:
+        reply: Any = await self.redis.xread(
+            {self.keys.registry: self._registry_cursor}, count=10_000, block=block_ms
+        )
+        if isinstance(reply, dict):  # RESP3 shape
+            reply = list(reply.items())
+        fresh: list[str] = []
+        for _, rows in reply or []:
+            for entry_id, fields in rows:
+                self._registry_cursor = _text(entry_id)
+                raw_stream = fields.get(b"stream", fields.get("stream", b""))  # decoded clients too
+                stream = _text(raw_stream)
+                new = stream and stream not in self._streams and stream not in fresh
+                if new and self._wanted(stream):
+                    fresh.append(stream)
+        if fresh:
+            await self._join(fresh)
+
+    async def _join(self, streams: Sequence[str]) -> None:
+        """Add streams, creating the group at ``start_id`` where it does not exist yet."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xgroup_create(stream, self.group, id=self._start_id, mkstream=True)
+        results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+        self._assign(streams)
+
+    async def _recover_groups(self, streams: Sequence[str]) -> None:
+        """After NOGROUP: give the connector ``recover_after`` to recreate, then do it here."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        replies = await pipe.execute(raise_on_error=False)
+        now = time.monotonic()
+        overdue: list[str] = []
+        for stream, reply in zip(streams, replies, strict=True):
+            names = set() if isinstance(reply, Exception) else {_text(r["name"]) for r in reply}
+            if self.group in names:
+                self._missing_since.pop(stream, None)
+                continue
+            since = self._missing_since.setdefault(stream, now)
+            if now - since >= self._recover_after:
+                overdue.append(stream)
+        if not overdue:
+            await self._pause(self._block_ms / 1000)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in overdue:
+            pipe.xgroup_create(
+                stream, self.group, id=self._confirmed_upto.get(stream, "0"), mkstream=True
+            )
+        await pipe.execute(raise_on_error=False)
+        for stream in overdue:
+            self._missing_since.pop(stream, None)
+        self.stats.recovered_groups += len(overdue)
+        log.warning("recreated the consumer group", extra={"streams": len(overdue)})
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` unless stopping; True if stopping."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,295 @@
+"""One-command tour: the simulator's backtest engine, the connector and a confirming consumer.
+
+Runs a short backtest in consumer-ack mode (the engine's simulated time waits for the consumer
+group ``demo-strategy``) against Redis: CONNECTOR_REDIS_URL (or redis://localhost:6379/0) when it
+answers, otherwise a private redis-server started from PATH. Shows progress, then a summary: events
+per type, entries per stream, ack latency, missed pongs, and a redis-cli line to look at the data.
+The demo owns the ``demo`` stream prefix and clears it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from connector.app import Connector
+from connector.config import ConfigError, load_settings, mask_url
+from connector.consumer import GroupConsumer, Message
+from connector.logs import setup_logging
+from connector.sim import SimConfig, Simulator
+
+PREFIX = "demo"
+GROUP = "demo-strategy"
+DEFAULT_REDIS = "redis://localhost:6379/0"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--symbols", default="AAPL,MSFT,BTCUSD,F:EURUSD")
+    parser.add_argument("--steps", type=int, default=500, help="backtest steps")
+    parser.add_argument("--ack-mode", choices=("consumer", "immediate"), default="consumer")
+    parser.add_argument(
+        "--work-ms",
+        type=float,
+        default=0.0,
+        help="simulated work per consumer batch (shows simulated time waiting)",
+    )
+    parser.add_argument("--redis-url", default=None, help="default: CONNECTOR_REDIS_URL or local")
+    parser.add_argument(
+        "--keep-redis", action="store_true", help="leave a private redis-server running afterwards"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("WARNING", "text")
+    try:
+        return asyncio.run(_demo(args))
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+class DemoError(Exception):
+    pass
+
+
+@dataclass
+class RedisChoice:
+    url: str
+    private: asyncio.subprocess.Process | None = None
+    directory: str | None = None
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    symbols = tuple(s.strip() for s in args.symbols.split(",") if s.strip())
+    async with _redis(args) as choice:
+        redis = Redis.from_url(choice.url)
+        try:
+            await _clear_prefix(redis)
+            return await _tour(args, symbols, choice, redis)
+        finally:
+            await redis.aclose()
+
+
+async def _tour(
+    args: argparse.Namespace, symbols: tuple[str, ...], choice: RedisChoice, redis: Redis
+) -> int:
+    out = sys.stdout
+    sim = Simulator(SimConfig(mode="backtest", symbols=symbols, steps=args.steps, seed=7))
+    await sim.start()
+    try:
+        settings = load_settings(
+            {
+                "api_url": sim.url,
+                "mode": "backtest",
+                "redis_url": choice.url,
+                "stream_prefix": PREFIX,
+                "http_host": "127.0.0.1",
+                "http_port": "0",
+                "log_level": "WARNING",
+                "ack_mode": args.ack_mode,
+                "consumer_groups": GROUP if args.ack_mode == "consumer" else "",
+            }
+        )
+    except ConfigError as exc:
+        await sim.stop()
+        raise DemoError(str(exc)) from None
+    connector = Connector(settings)
+    consumer = GroupConsumer(Redis.from_url(choice.url), GROUP, "demo-1", prefix=PREFIX)
+    work = args.work_ms / 1000
+
+    async def handle(batch: list[Message]) -> None:
+        if work:
+            await asyncio.sleep(work)
+
+    where = "private redis-server" if choice.private else mask_url(choice.url)
+    print(
+        f"connector demo: {len(symbols)} symbols x {args.steps} steps, ack mode "
+        f"{args.ack_mode}, Redis: {where}",
+        file=out,
+    )
+    consuming = asyncio.create_task(consumer.run(handle))
+    started = time.perf_counter()
+    running = asyncio.create_task(connector.run())
+    await _progress(sim, connector, running, args.steps)
+    code = await running
+    elapsed = time.perf_counter() - started
+    outcome = await asyncio.wait_for(sim.wait_finished(), 15)
+    consumer.stop()
+    await consuming
+    await consumer.redis.aclose()
+    await sim.stop()
+    await _summary(sim, connector, consumer, redis, choice, elapsed, outcome)
+    return 0 if code == 0 and outcome == "completed" else 1
+
+
+async def _progress(
+    sim: Simulator, connector: Connector, running: asyncio.Task[int], steps: int
+) -> None:
+    tty = sys.stdout.isatty()
+    interval = 0.2 if tty else 1.0
+    connected = asyncio.ensure_future(sim.record.wait_until(lambda: bool(sim.record.connections)))
+    await asyncio.wait([running, connected], return_when=asyncio.FIRST_COMPLETED)
+    connected.cancel()
+    print(f"  simulator {sim.url}; connector metrics http://127.0.0.1:{connector.ops.port}/metrics")
+    while not running.done():
+        record = sim.record
+        done = sum(1 for step in record.steps if step.completed_at is not None)
+        line = (
+            f"  step {done:>5}/{steps}  events sent {len(record.sent):>6}  "
+            f"acked {len(record.acked_ids()):>6}  engine timeouts {record.timeouts}"
+        )
+        print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(running), interval)
+    if tty:
+        print()
+
+
+async def _summary(
+    sim: Simulator,
+    connector: Connector,
+    consumer: GroupConsumer,
+    redis: Redis,
+    choice: RedisChoice,
+    elapsed: float,
+    outcome: str,
+) -> None:
+    record = sim.record
+    registry = connector.metrics.registry
+    print(
+        f"\nbacktest {outcome} in {elapsed:.2f}s: {len(record.steps)} steps, "
+        f"{len(record.event_ids())} engine events, engine timeouts {record.timeouts}"
+    )
+    print("events received by type:")
+    for metric in registry.collect():
+        if metric.name == "connector_events":
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    print(f"  {sample.labels['type']:<18} {int(sample.value):>7}")
+    print("entries per stream:")
+    for key in sorted([k.decode() async for k in redis.scan_iter(f"{PREFIX}:*", _type="stream")]):
+        print(f"  {key:<28} {await redis.xlen(key):>7}")
+    latencies = _engine_latencies(sim)
+    if latencies:
+        p50, p99 = _quantile(latencies, 0.5), _quantile(latencies, 0.99)
+        print(
+            f"ack latency (engine sends an event -> receives its ack): p50 {p50 * 1000:.2f} ms, "
+            f"p99 {p99 * 1000:.2f} ms"
+        )
+    missed = registry.get_sample_value("connector_missed_pongs_total") or 0
+    print(
+        f"missed pongs: {int(missed)}   reconnects: "
+        f"{int(registry.get_sample_value('connector_reconnects_total') or 0)}"
+    )
+    if connector.consumer_gate is not None:
+        gate = connector.consumer_gate
+        print(
+            f"consumer group {GROUP}: processed {consumer.stats.processed}; confirmations "
+            f"learnt by notification {gate.notifications}, by checking {gate.checked}"
+        )
+    sample_key = f"{PREFIX}:{{{sim.config.symbols[0]}}}:candle:{sim.config.timeframe}"
+    print("\nlook at the data:")
+    print(f"  redis-cli -u {mask_url(choice.url)} XRANGE '{sample_key}' - + COUNT 3")
+    if choice.private is not None and choice.directory is not None:
+        print(
+            "  (the private redis-server stops now; run `connector demo --keep-redis` to keep it)"
+        )
+
+
+def _engine_latencies(sim: Simulator) -> list[float]:
+    first_ack: dict[str, float] = {}
+    for ack in sim.record.acks:
+        for event_id in ack.ids:
+            first_ack.setdefault(event_id, ack.time)
+    return sorted(
+        first_ack[frame.event_id] - frame.time
+        for frame in sim.record.sent
+        if frame.event_id is not None and frame.event_id in first_ack
+    )
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def _clear_prefix(redis: Redis) -> None:
+    keys = [key async for key in redis.scan_iter(f"{PREFIX}:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+@contextlib.asynccontextmanager
+async def _redis(args: argparse.Namespace) -> AsyncIterator[RedisChoice]:
+    url = args.redis_url or os.environ.get("CONNECTOR_REDIS_URL") or DEFAULT_REDIS
+    if await _answers(url):
+        yield RedisChoice(url)
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise DemoError(
+            f"Redis does not answer at {mask_url(url)} and redis-server is not on PATH.\n"
+            "  Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install "
+            "redis),\n  or point CONNECTOR_REDIS_URL at a running Redis."
+        )
+    directory = tempfile.mkdtemp(prefix="connector-demo-")
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    private_url = f"redis://127.0.0.1:{port}/0"
+    try:
+        for _ in range(100):
+            if await _answers(private_url) or process.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        if process.returncode is not None:
+            raise DemoError(f"redis-server exited at start (code {process.returncode})")
+        yield RedisChoice(private_url, process, directory)
+    finally:
+        if args.keep_redis and process.returncode is None:
+            print(f"  private redis-server left running: pid {process.pid}, {private_url}")
+        else:
+            if process.returncode is None:
+                process.terminate()
+            await process.wait()
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+async def _answers(url: str) -> bool:
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError, ValueError):
+        return False
+    finally:
+        await client.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

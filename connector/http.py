@@ -1,0 +1,127 @@
+"""The operations endpoint: ``/metrics``, ``/healthz`` and ``/readyz`` on one port, nothing else.
+
+A deliberately tiny HTTP/1.1 server on asyncio streams: three read-only endpoints need no framework,
+and a small surface is easy to trust. Requests are bounded in size and time; every response closes
+the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether the service should receive traffic, and the individual checks behind it."""
+
+    ready: bool
+    checks: dict[str, bool]
+    detail: dict[str, str]
+
+
+ReadinessProbe = Callable[[], Awaitable[Readiness]]
+
+
+class OpsServer:
+    """Serves the three endpoints until :meth:`stop`."""
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, readiness: ReadinessProbe
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._registry = registry
+        self._readiness = readiness
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self._host, self._port, limit=MAX_REQUEST_BYTES
+        )
+        log.info(
+            "serving /metrics, /healthz, /readyz", extra={"host": self._host, "port": self.port}
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, content_type, body = await self._respond(head)
+                send_body = not head.startswith(b"HEAD ")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            status, content_type, body = 400, "text/plain", b"bad request\n"
+            send_body = True
+        except ConnectionError:
+            writer.close()
+            return
+        header = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        ).encode()
+        try:
+            writer.write(header + body if send_body else header)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _respond(self, head: bytes) -> tuple[int, str, bytes]:
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = request_line.split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            return 400, "text/plain", b"bad request\n"
+        method, target, _ = parts
+        path = target.split("?", 1)[0]
+        if path not in ("/metrics", "/healthz", "/readyz"):
+            return 404, "text/plain", b"not found\n"
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+        if path == "/healthz":
+            return 200, "application/json", b'{"status":"ok"}\n'
+        state = await self._readiness()
+        body = (
+            orjson.dumps({"ready": state.ready, "checks": state.checks, "detail": state.detail})
+            + b"\n"
+        )
+        return (200 if state.ready else 503), "application/json", body
+
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}

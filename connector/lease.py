@@ -1,0 +1,115 @@
+"""One connector per stream prefix: a lease in Redis, so two sessions never interleave.
+
+Two connectors writing the same prefix would mix two backtests in one set of streams and corrupt
+both. At start-up the connector takes the lease ``{prefix}:lease`` (``SET NX PX``) before it
+opens its Trading API session; while another live connector holds it, it waits (and says so, and
+is not ready). The holder renews the lease every ``ttl / 3`` and deletes it on a clean stop; a
+crashed holder's lease expires after ``ttl``. Give each concurrent session its own
+``CONNECTOR_STREAM_PREFIX`` (or turn the lock off where symbols are split on purpose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from connector.redis_client import RedisClient
+
+log = logging.getLogger(__name__)
+
+LEASE_TTL_MS = 15_000
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class PrefixLease:
+    """Holds ``key`` for ``owner`` while the service runs."""
+
+    def __init__(self, redis: RedisClient, key: str, owner: str, ttl_ms: int = LEASE_TTL_MS):
+        self._redis = redis
+        self.key = key
+        self.owner = owner
+        self._ttl_ms = ttl_ms
+        self.held = False
+        self.holder: str | None = None  # who has it when we do not
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Take the lease, waiting while another connector holds it (or Redis does not answer:
+        nothing could be stored meanwhile anyway). Returns False if ``stop`` was set first."""
+        last_notice = float("-inf")
+        while not stop.is_set():
+            waiting_for = "another connector holds this stream prefix; waiting for it"
+            try:
+                if await self._try_take():
+                    return True
+            except Exception as exc:  # any Redis trouble: try again shortly
+                waiting_for = f"cannot take the stream prefix lease yet: {type(exc).__name__}"
+            if time.monotonic() - last_notice >= 30:
+                last_notice = time.monotonic()
+                log.warning(
+                    waiting_for, extra={"lease": self.key, "holder": self.holder, "me": self.owner}
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return False
+
+    async def _try_take(self) -> bool:
+        if await self._redis.set(self.key, self.owner, nx=True, px=self._ttl_ms):
+            self.held, self.holder = True, None
+            log.info("holding the stream prefix", extra={"lease": self.key})
+            return True
+        raw = await self._redis.get(self.key)
+        current = raw.decode() if isinstance(raw, bytes) else raw
+        if current == self.owner:
+            self.held, self.holder = True, None
+            return True
+        self.held, self.holder = False, current
+        return False
+
+    async def keep(self, on_lost: Callable[[str], None]) -> None:
+        """Renew until cancelled; re-take the lease if it vanished (e.g. a Redis restart).
+
+        If another connector holds it now (our renewals failed for longer than the lease lasts,
+        and it took over), ``on_lost(holder)`` is called and renewing stops: two sessions must
+        not write one set of streams.
+        """
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            try:
+                if await self._renew(keys=[self.key], args=[self.owner, self._ttl_ms]):
+                    self.held = True
+                    continue
+                if not await self._try_take() and self.holder is not None:
+                    log.error(
+                        "lost the stream prefix lease to another connector",
+                        extra={"lease": self.key, "holder": self.holder},
+                    )
+                    on_lost(self.holder)
+                    return
+            except Exception:  # Redis trouble is reported by the publisher and health check
+                continue
+
+    async def release(self) -> None:
+        if not self.held:
+            return
+        with contextlib.suppress(RedisError, OSError):  # if not, it expires by itself
+            await self._release(keys=[self.key], args=[self.owner])
+        self.held = False

@@ -1,0 +1,39 @@
+"""Announcing new streams, and creating the required consumer groups before their first entry.
+
+Both ride in the same pipeline as the first XADD to a stream, so they cost no extra round trip:
+``XGROUP CREATE <stream> <group> $ MKSTREAM`` for every required group (queued before the entry,
+so ``$`` places the group just before it: the group receives everything this connector writes),
+then one registry entry naming the stream. ``BUSYGROUP`` (the group exists) is expected and ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from connector.resp import Arg
+from connector.streams import StreamKeys, parse_key
+
+REGISTRY_MAXLEN = 100_000  # above CONNECTOR_MAX_STREAMS, with room for restarts
+
+
+class StreamProvisioner:
+    """The writer's ``provision`` hook: groups and a registry entry for each new stream."""
+
+    def __init__(self, keys: StreamKeys, groups: Sequence[str]) -> None:
+        self._keys = keys
+        self._groups = tuple(groups)
+
+    def __call__(self, key: str) -> list[list[Arg]]:
+        if not self._keys.is_data_stream(key):
+            return []
+        commands: list[list[Arg]] = [
+            ["XGROUP", "CREATE", key, group, "$", "MKSTREAM"] for group in self._groups
+        ]
+        info = parse_key(self._keys.prefix, key)
+        entry: list[Arg] = ["stream", key, "type", info.type if info else ""]
+        if info is not None and info.symbol is not None:
+            entry += ["symbol", info.symbol]
+        if info is not None and info.timeframe is not None:
+            entry += ["timeframe", info.timeframe]
+        commands.append(["XADD", self._keys.registry, "MAXLEN", "~", REGISTRY_MAXLEN, "*", *entry])
+        return commands

@@ -1,0 +1,318 @@
+"""Idempotent, pipelined XADD of a batch of entries.
+
+The connector chooses every entry id itself (``<ms>-<seq>``, strictly increasing per stream) and
+keeps it with the entry across retries. Redis refuses an XADD whose id is not above the stream's
+last id, so re-sending a whole pipeline after a connection dropped mid-way (which redis-py's own
+retry also does) cannot store anything twice: the entries that did land come back as
+"equal or smaller" errors, are checked against what is stored, and count as written. The same
+check tells a real clash (another writer, or a clock that went back) from our own earlier write;
+a clash moves the stream's id floor above the stream's last id and writes again.
+
+On a single Redis the batch goes out through :class:`connector.resp.WireConnection` (encoded by
+hand, replies parsed in C); on a Redis Cluster through redis-py's cluster pipeline, which splits
+it per node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from connector.redis_client import RedisClient, is_cluster
+from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
+from connector.streams import Entry
+
+_TRANSIENT_PREFIXES = (
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "BUSY",
+    "MOVED",
+    "ASK",
+    "MISCONF",
+    "NOREPLICAS",
+    "NOAUTH",
+    "NOPERM",
+    "WRONGPASS",
+)
+_MAX_ROUNDS = 5
+
+# Commands to run before the first write to a stream (consumer groups, the registry entry).
+Provision = Callable[[str], list[list[Arg]]]
+WireFactory = Callable[[], Awaitable[WireConnection]]
+
+
+class WriteError(Exception):
+    """The batch is not (completely) stored; retrying the same batch is safe."""
+
+
+def is_id_too_small(exc: BaseException) -> bool:
+    return isinstance(exc, ResponseError) and "equal or smaller" in str(exc)
+
+
+def is_transient(exc: BaseException) -> bool:
+    return str(exc).startswith(_TRANSIENT_PREFIXES)
+
+
+class EntryIds:
+    """Strictly increasing explicit stream ids, per stream key."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def assign(self, key: str, now_ms: int) -> str:
+        last = self._last.get(key)
+        if last is None or now_ms > last[0]:
+            ms, seq = now_ms, 0
+        else:
+            ms, seq = last[0], last[1] + 1
+        self._last[key] = (ms, seq)
+        return f"{ms}-{seq}"
+
+    def raise_floor(self, key: str, stream_last_id: bytes | str) -> None:
+        """Continue above ``stream_last_id`` on ``key`` (after a clash)."""
+        text = stream_last_id.decode() if isinstance(stream_last_id, bytes) else stream_last_id
+        ms_text, _, seq_text = text.partition("-")
+        floor = (int(ms_text), int(seq_text or 0))
+        last = self._last.get(key)
+        if last is None or floor > last:
+            self._last[key] = floor
+
+
+class StreamWriter:
+    """Writes batches of entries to Redis, one pipelined round trip per attempt."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        maxlen: int,
+        deadletter_key: str,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wire: WireFactory | None = None,
+    ) -> None:
+        self.redis = redis
+        self.maxlen = maxlen or None
+        self.deadletter_key = deadletter_key
+        self.ids = EntryIds()
+        self._clock_ms = clock_ms
+        self._wire_factory = wire
+        self._wire: WireConnection | None = None
+        self._maxlen_args = (
+            encode_command(["MAXLEN", "~", maxlen])[len(b"*3\r\n") :] if maxlen else b""
+        )
+        # Commands queued ahead of the first write to a stream (consumer groups, the registry);
+        # their own errors are expected (BUSYGROUP) and ignored.
+        self.provision: Provision | None = None
+        self.known_streams: set[str] = set()
+        # Entries of the last write() that no stream would take (the publisher counts them).
+        self.unstorable: list[tuple[str | None, str]] = []  # (event id, error)
+        # MULTI/EXEC around a batch: consumers blocked on the streams wake once, with the whole
+        # batch, instead of once per XADD. (A refused XADD inside EXEC does not undo the others.)
+        self.atomic = not is_cluster(redis)  # a cluster transaction cannot span slots
+
+    async def write(self, entries: Sequence[Entry]) -> None:
+        """Store every entry that has a key. Raises on failure; calling again is idempotent."""
+        todo = [entry for entry in entries if entry.key is not None]
+        self.unstorable = []
+        for _ in range(_MAX_ROUNDS):
+            if not todo:
+                return
+            now_ms = self._clock_ms()
+            for entry in todo:
+                if entry.entry_id is None:
+                    entry.entry_id = self.ids.assign(entry.key, now_ms)  # type: ignore[arg-type]
+            results = await self._xadd(todo)
+            suspects: list[Entry] = []
+            refused: list[Entry] = []
+            for entry, result in zip(todo, results, strict=True):
+                if not isinstance(result, Exception):
+                    continue
+                if is_id_too_small(result):
+                    suspects.append(entry)
+                elif is_transient(result) or not isinstance(result, ResponseError):
+                    raise WriteError(f"{entry.key}: {result}") from result
+                elif entry.key == self.deadletter_key:
+                    # Even the dead-letter stream refuses it (e.g. the key holds another type):
+                    # give up on this one entry rather than block everything behind it.
+                    self._give_up(entry, result)
+                else:
+                    self._divert(entry, result)
+                    refused.append(entry)
+            todo = [*await self._unplaced(suspects), *refused]
+        raise WriteError(f"{len(todo)} entries could not be placed after {_MAX_ROUNDS} rounds")
+
+    def _prepare(self, entries: Sequence[Entry]) -> tuple[list[list[Arg]], list[str]]:
+        """Provisioning commands for streams not yet provisioned, and the stream of each."""
+        new_streams = sorted(
+            {e.key for e in entries if e.key is not None and e.key not in self.known_streams}
+        )
+        commands: list[list[Arg]] = []
+        owners: list[str] = []
+        if self.provision is not None:
+            for key in new_streams:
+                for command in self.provision(key):
+                    commands.append(command)
+                    owners.append(key)
+        return commands, owners
+
+    async def _xadd(self, entries: Sequence[Entry]) -> list[Any]:
+        prepared, owners = self._prepare(entries)
+        if self._wire_factory is not None:
+            replies = await self._xadd_wire(prepared, entries)
+        else:
+            replies = await self._xadd_pipeline(prepared, entries)
+        self._note_provisioned(owners, replies[: len(prepared)], entries)
+        return replies[len(prepared) :]
+
+    def _note_provisioned(
+        self, owners: list[str], replies: Sequence[Any], entries: Sequence[Entry]
+    ) -> None:
+        """A stream counts as provisioned once every command for it succeeded (BUSYGROUP: the
+        group was already there); otherwise provisioning is tried again with its next write."""
+        failed = {
+            owner
+            for owner, reply in zip(owners, replies, strict=True)
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply)
+        }
+        fresh = {e.key for e in entries if e.key is not None} - failed
+        self.known_streams.update(fresh)
+
+    async def _xadd_pipeline(
+        self, prepared: list[list[Arg]], entries: Sequence[Entry]
+    ) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=self.atomic)
+        for command in prepared:
+            pipe.execute_command(*command)
+        for entry in entries:
+            pipe.xadd(
+                entry.key,  # type: ignore[arg-type]
+                entry.fields,  # type: ignore[arg-type]
+                id=entry.entry_id,  # type: ignore[arg-type]
+                maxlen=self.maxlen,
+                approximate=True,
+            )
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _xadd_wire(self, prepared: list[list[Arg]], entries: Sequence[Entry]) -> list[Any]:
+        parts = [encode_command(command) for command in prepared]
+        if self.atomic:
+            parts.append(MULTI)
+        maxlen = self._maxlen_args
+        fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
+        for entry in entries:
+            if entry.blob is None:
+                entry.blob = encode_fields(entry.fields)
+            key = entry.key.encode()  # type: ignore[union-attr]
+            entry_id = entry.entry_id.encode()  # type: ignore[union-attr]
+            parts.append(
+                b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s"
+                % (
+                    2 + fixed_args + 2 * len(entry.fields),
+                    len(key),
+                    key,
+                    maxlen,
+                    len(entry_id),
+                    entry_id,
+                    entry.blob,
+                )
+            )
+        if self.atomic:
+            parts.append(EXEC)
+        expected = len(prepared) + len(entries) + (2 if self.atomic else 0)
+        if self._wire is None:
+            self._wire = await self._wire_factory()  # type: ignore[misc]
+        try:
+            replies = await self._wire.execute(b"".join(parts), expected)
+        except BaseException:
+            wire, self._wire = self._wire, None
+            await wire.close()
+            raise
+        provisioning, replies = replies[: len(prepared)], replies[len(prepared) :]
+        if not self.atomic:
+            return [*provisioning, *replies]
+        executed = replies[-1]
+        if not isinstance(executed, list):  # EXECABORT: a queued command was malformed
+            raise WriteError(f"transaction refused: {executed}")
+        return [*provisioning, *executed]
+
+    async def close(self) -> None:
+        if self._wire is not None:
+            wire, self._wire = self._wire, None
+            await wire.close()
+
+    async def provision_streams(self, keys: Sequence[str]) -> None:
+        """Provision streams ahead of their first entry (so consumers can join them early)."""
+        if self.provision is None:
+            return
+        fresh = [key for key in keys if key not in self.known_streams]
+        commands = [command for key in fresh for command in self.provision(key)]
+        if not commands:
+            return
+        owners = [key for key in fresh for _ in self.provision(key)]
+        pipe = self.redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        replies = await pipe.execute(raise_on_error=False)
+        failed = {
+            owner
+            for owner, reply in zip(owners, replies, strict=True)
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply)
+        }
+        self.known_streams.update(set(fresh) - failed)
+
+    async def _unplaced(self, suspects: list[Entry]) -> list[Entry]:
+        """Of entries refused as "id too small": those not already stored by an earlier try."""
+        if not suspects:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in suspects:
+            pipe.xrange(entry.key, entry.entry_id, entry.entry_id, count=1)  # type: ignore[arg-type]
+        found = await pipe.execute()
+        clashes = [
+            entry
+            for entry, rows in zip(suspects, found, strict=True)
+            if not rows or _decoded(rows[0][1]) != entry.fields
+        ]
+        if not clashes:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in clashes:
+            pipe.xinfo_stream(entry.key)  # type: ignore[arg-type]
+        infos = await pipe.execute()
+        for entry, info in zip(clashes, infos, strict=True):
+            self.ids.raise_floor(entry.key, info["last-generated-id"])  # type: ignore[arg-type]
+            entry.entry_id = None
+        return clashes
+
+    def _give_up(self, entry: Entry, error: BaseException) -> None:
+        """Nothing more to try: the entry is neither stored nor, therefore, acknowledged."""
+        self.unstorable.append((entry.event_id, str(error)[:300]))
+        entry.key = None
+        entry.event_id = None
+        entry.entry_id = None
+
+    def _divert(self, entry: Entry, error: BaseException) -> None:
+        """A permanent refusal (e.g. WRONGTYPE): keep the event, in the dead-letter stream."""
+        entry.fields = {
+            "reason": "store_failed",
+            "detail": str(error)[:300],
+            "stream": entry.key or "",
+            "raw": orjson.dumps(entry.fields).decode(),
+        }
+        entry.key = self.deadletter_key
+        entry.label = "deadletter"
+        entry.entry_id = None
+        entry.blob = None
+
+
+def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in fields.items()}

@@ -1,0 +1,108 @@
+"""Private ``redis-server`` processes for tests: free loopback ports, stopped and restartable.
+
+Readiness is taken from the server's own log line ("Ready to accept connections"), not from
+sleeping; every process a test starts is stopped by the fixture that started it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+READY_MARKER = "Ready to accept connections"
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+    return found
+
+
+class RedisServer:
+    """One redis-server on 127.0.0.1; ``stop()`` / ``start()`` keep the same port."""
+
+    def __init__(self, directory: Path, extra_args: Sequence[str] = (), port: int | None = None):
+        self.directory = directory
+        self.extra_args = list(extra_args)
+        self.port = port or free_port()
+        self.process: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start and wait for the ready line (a taken port gets one retry on a new port)."""
+        for attempt in range(3):
+            if self._spawn():
+                return
+            if attempt < 2:
+                self.port = free_port()
+        raise RuntimeError("redis-server did not start:\n" + "\n".join(self.log[-20:]))
+
+    def _spawn(self) -> bool:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "notice",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        ready = threading.Event()
+        process = self.process
+
+        def pump() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                self.log.append(line.rstrip())
+                if READY_MARKER in line:
+                    ready.set()
+            ready.set()  # exited: wake the waiter, which then sees the process is gone
+
+        threading.Thread(target=pump, daemon=True).start()
+        ready.wait(START_TIMEOUT)
+        return process.poll() is None
+
+    def stop(self) -> None:
+        """Kill the server (as a crash would: nothing is saved)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
