@@ -285,6 +285,13 @@ class Connector:
     def on_frame(self, frame: str | bytes, received: float) -> bytes | None:
         return self.router.route(frame, received)
 
+    @property
+    def backlogged(self) -> bool:
+        return self.publisher.backlogged
+
+    async def wait_for_room(self) -> None:
+        await self.publisher.wait_for_room()
+
     async def on_connected(self, gap_started: float | None) -> None:
         if gap_started is not None:
             now = time.time()

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from redis.exceptions import RedisError
 from connector.app import Connector
 from connector.config import ConfigError, load_settings, mask_url
 from connector.consumer import GroupConsumer, Message
+from connector.localredis import free_port, private_server_argv, redis_server_binary
 from connector.logs import setup_logging
 from connector.sim import SimConfig, Simulator
 
@@ -236,7 +236,7 @@ async def _redis(args: argparse.Namespace) -> AsyncIterator[RedisChoice]:
     if await _answers(url):
         yield RedisChoice(url)
         return
-    binary = shutil.which("redis-server")
+    binary = redis_server_binary()
     if binary is None:
         raise DemoError(
             f"Redis does not answer at {mask_url(url)} and redis-server is not on PATH.\n"
@@ -244,19 +244,9 @@ async def _redis(args: argparse.Namespace) -> AsyncIterator[RedisChoice]:
             "redis),\n  or point CONNECTOR_REDIS_URL at a running Redis."
         )
     directory = tempfile.mkdtemp(prefix="connector-demo-")
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        directory,
+        *private_server_argv(binary, port, directory),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -287,9 +277,3 @@ async def _answers(url: str) -> bool:
         return False
     finally:
         await client.aclose()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -26,6 +26,9 @@ from connector.writer import StreamWriter
 
 log = logging.getLogger(__name__)
 
+#: Waiting batches above which the read loop pauses while Redis keeps up with writes.
+BACKLOG_BATCHES = 4
+
 OnStored = Callable[[list[Entry]], Awaitable[None]]
 
 
@@ -80,6 +83,10 @@ class Publisher:
         self._max_batch = max_batch
         self._max_events = max_events
         self._max_bytes = max_bytes
+        # Back-pressure: above this many waiting events (a few batches) the read loop pauses
+        # while Redis is writing, so a feed faster than Redis slows the sender (TCP flow
+        # control) instead of filling the buffer, which is kept for outages.
+        self._high_water = max(1, min(BACKLOG_BATCHES * max_batch, max_events // 2))
         self._retry_max_delay = retry_max_delay
         self._recent = RecentIds(dedupe_window)
         self._pending: deque[Entry] = deque()
@@ -87,6 +94,8 @@ class Publisher:
         self._inflight: list[Entry] = []
         self._inflight_bytes = 0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._give_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -146,6 +155,21 @@ class Publisher:
         if ids:
             self._on_dropped(ids)
 
+    @property
+    def backlogged(self) -> bool:
+        """True while more than a few batches wait and Redis is taking writes: read no further.
+
+        Never during an outage (then the buffer absorbs the feed and its bound applies), nor once
+        shutdown began.
+        """
+        return len(self._pending) > self._high_water and self._healthy and not self._closing
+
+    async def wait_for_room(self) -> None:
+        """Until :attr:`backlogged` is false: the writer took a batch, Redis failed, or shutdown."""
+        while self.backlogged:
+            self._room.clear()
+            await self._room.wait()
+
     # -- writer task ---------------------------------------------------------------------------
 
     @property
@@ -184,6 +208,7 @@ class Publisher:
             self._inflight_bytes = sum(entry.size for entry in batch)
             self._pending_bytes -= self._inflight_bytes
             self._update_gauges()
+            self._room.set()
             if not await self._store(batch):
                 return
             self._inflight = []
@@ -242,6 +267,7 @@ class Publisher:
         self._failed_attempts += 1
         if self._healthy:
             self._healthy = False
+            self._room.set()  # an outage is the buffer's job: the read loop goes on
             self._outage_started = time.monotonic()
             self._failed_attempts = 1
             log.warning(
@@ -275,6 +301,7 @@ class Publisher:
     def close(self) -> None:
         """No more input: :meth:`run` returns once everything buffered is stored."""
         self._closing = True
+        self._room.set()
         self._wake.set()
 
     def abandon(self) -> None:
@@ -282,6 +309,7 @@ class Publisher:
         self._abandon = True
         self._closing = True
         self._give_up.set()
+        self._room.set()
         self._wake.set()
 
     async def wait_idle(self) -> None:

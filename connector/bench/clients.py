@@ -21,10 +21,10 @@ from connector.bench.procs import (
     Processes,
     child_env,
     file_contains,
-    free_port,
     http_get,
     wait_until,
 )
+from connector.localredis import free_port
 
 STREAM_PREFIX = "md"
 #: The connector's log line once it is in its connect-retry loop (start-up is finished).

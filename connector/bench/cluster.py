@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import RedisError
 
-from connector.bench.procs import BenchError, Managed, Processes, free_port, start_redis
+from connector.bench.procs import BenchError, Managed, Processes, start_redis
+from connector.localredis import free_port
 
 NODE_TIMEOUT_MS = 5000
 CREATE_TIMEOUT = 60.0

@@ -11,7 +11,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("connector", "websockets", "redis", "hiredis", "orjson", "prometheus-client")
+PACKAGES = (
+    "connector",
+    "websockets",
+    "redis",
+    "hiredis",
+    "orjson",
+    "prometheus-client",
+    "uvloop",
+)
 
 
 def cpu_model(cpuinfo: str) -> str | None:

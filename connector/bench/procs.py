@@ -15,9 +15,7 @@ import contextlib
 import ctypes
 import os
 import resource
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +26,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from connector import localredis
 from connector.bench.procfs import ProcSample, read_sample
+from connector.localredis import free_port, private_server_argv
 
 STOP_GRACE = 10.0
 READY_TIMEOUT = 30.0
@@ -59,13 +59,6 @@ def _die_with_parent() -> None:
 
 class BenchError(RuntimeError):
     """A benchmark run could not be carried out (a process failed to start, a run stalled)."""
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -309,9 +302,9 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
+    found = localredis.redis_server_binary()
     if found is None:
-        raise BenchError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        raise BenchError(f"redis-server is not on PATH ({localredis.INSTALL_HINT})")
     return found
 
 
@@ -328,24 +321,7 @@ def start_redis(
     last_error = ""
     for _ in range(3):
         port = free_port()
-        argv = [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(directory),
-            "--protected-mode",
-            "no",
-            "--loglevel",
-            "notice",
-            *extra_args,
-        ]
+        argv = private_server_argv(binary, port, str(directory), extra_args)
         server = processes.start(name, argv, capture_stdout=True)
         try:
             wait_until(

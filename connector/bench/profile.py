@@ -53,6 +53,8 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("acks", ("connector/acks.py", "connector/confirm.py")),
     ("metrics", ("prometheus_client",)),
     ("session/app", ("connector/session.py", "connector/app.py")),
+    # The confirming consumer process (`connector consume`): its reads, confirmations and handler.
+    ("consumer toolkit", ("connector/consumer.py", "connector/consume.py")),
     ("asyncio: epoll/selector", ("selectors.py",)),
     ("asyncio: loop, tasks, transports", ("asyncio/", "uvloop")),
 )

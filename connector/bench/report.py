@@ -137,11 +137,15 @@ def machine_line(machine: dict[str, Any]) -> str:
         source = f"; source {start}"
         if end and end != start:
             source += f" -> {end} (CHANGED DURING THE RUN: results mix versions)"
+    packages = machine.get("packages", {})
+    # The connector's default event loop (CONNECTOR_EVENT_LOOP=auto) is uvloop when installed.
+    uvloop = packages.get("uvloop")
+    loop = f"uvloop {uvloop}" if uvloop else "asyncio loop"
     return (
         f"{machine.get('nproc')} CPUs ({machine.get('cpu_model') or 'unknown CPU'}), "
         f"Python {machine.get('python')}, redis-server {machine.get('redis_server')}, "
-        f"websockets {machine.get('packages', {}).get('websockets')}, "
-        f"redis-py {machine.get('packages', {}).get('redis')}{load_text}{source}"
+        f"websockets {packages.get('websockets')}, "
+        f"redis-py {packages.get('redis')}, {loop}{load_text}{source}"
     )
 
 

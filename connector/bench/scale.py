@@ -19,7 +19,7 @@ from typing import Any
 from connector.bench.clients import ClientProcess, connector_keys, start_connector
 from connector.bench.cluster import LocalCluster, start_cluster
 from connector.bench.procfs import busy_cores, kb_to_mb, read_machine_cpu
-from connector.bench.procs import BenchError, Managed, Processes, free_port, start_redis
+from connector.bench.procs import BenchError, Managed, Processes, start_redis
 from connector.bench.profile import Profiler
 from connector.bench.progress import GroupedProgress, StreamProgress, wait_stored
 from connector.bench.scaling import ConnectorFigures, ScaleRun
@@ -31,6 +31,7 @@ from connector.bench.simproc import (
     launch_simulator,
     wait_listening,
 )
+from connector.localredis import free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from connector.bench.clients import (
     start_raw,
 )
 from connector.bench.procfs import ProcSample, kb_to_mb
-from connector.bench.procs import BenchError, Managed, Processes, free_port, start_redis
+from connector.bench.procs import BenchError, Managed, Processes, start_redis
 from connector.bench.profile import Profiler
 from connector.bench.progress import StreamProgress, wait_stored
 from connector.bench.results import RunResult
@@ -45,6 +45,7 @@ from connector.bench.simproc import (
     step_stats,
 )
 from connector.bench.stats import memory_flatness, rate, summarize_latencies
+from connector.localredis import free_port
 
 Log = Callable[[str], None]
 MARKET = frozenset({"candle", "quote"})

@@ -3,13 +3,18 @@ bound, nothing stored twice, nothing acknowledged that is not stored."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
+from connector.publisher import BACKLOG_BATCHES
+from connector.session import YIELD_EVERY
 from connector.sim import SimConfig, Simulator
+from connector.streams import Entry
 from tests.support.harness import expected_entry, run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import ReplyCuttingProxy
@@ -107,6 +112,61 @@ async def test_beyond_the_bound_the_oldest_are_dropped_and_counted(
     total_expected = sum(len(v) for v in expected.values())
     total_stored = sum(len(v) for v in stored.values())
     assert total_expected - total_stored == dropped
+
+
+async def test_a_stalled_redis_slows_the_feed_instead_of_filling_the_buffer(
+    redis_server: RedisServer,
+) -> None:
+    """Redis frozen (SIGSTOP: connected, silent) under a back-pressured burst: the read loop
+    stops at the backlog mark, so the sender waits, until the write times out (an outage: the
+    buffer takes over). Then everything sent is stored once, and nothing was dropped."""
+    burst = 30_000
+    config = SimConfig(
+        mode="live", symbols=("AAPL", "MSFT"), rate=float("inf"), count=burst, backpressure=True
+    )
+    batch = 100
+    peak = {"healthy": 0}
+    async with (
+        Simulator(config) as sim,
+        run_connector(sim, redis_server.url, batch_max_events=batch, redis_timeout=2.0) as app,
+    ):
+        publisher = app.connector.publisher
+        submit = app.connector.router._submit
+
+        def watched_submit(entry: Entry) -> None:
+            submit(entry)
+            if publisher.healthy:
+                peak["healthy"] = max(peak["healthy"], publisher.buffered)
+
+        app.connector.router._submit = watched_submit
+        await wait_until(lambda: app.sample("connector_published_total", type="quote") > 100)
+        assert redis_server.process is not None
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: publisher.backlogged)
+            # Two seconds of silence later the write times out: only then does reading go on.
+            await wait_until(lambda: app.sample("connector_publish_errors_total") >= 1)
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        await sim.record.wait_until(lambda: sim.record.market_frames >= burst)
+        await wait_until(
+            lambda: (
+                app.sample("connector_published_total", type="quote")
+                + app.sample("connector_published_total", type="candle")
+                >= burst
+            )
+        )
+        frames = market_frames(sim)
+    # While Redis was "healthy" but silent the connector read no further than the backlog mark,
+    # the frames read between two checks and the batch in flight (plus its own markers): the
+    # rest waited in the sender and the kernel's socket buffers, not in the connector's memory.
+    assert peak["healthy"] <= BACKLOG_BATCHES * batch + YIELD_EVERY + batch + 10
+    assert app.sample("connector_dropped_events_total", reason="buffer_full") == 0
+    redis = Redis.from_url(redis_server.url)
+    try:
+        assert await stored_market(redis, frames) == expected_market(frames)
+    finally:
+        await redis.aclose()
 
 
 def is_subsequence(part: list[dict[str, str]], whole: list[dict[str, str]]) -> bool:

@@ -6,28 +6,24 @@ sleeping; every process a test starts is stopped by the fixture that started it.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from connector import localredis
+from connector.localredis import free_port, private_server_argv
+
+__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+
 READY_MARKER = "Ready to accept connections"
 START_TIMEOUT = 20.0
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
+    found = localredis.redis_server_binary()
     if found is None:
-        raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        raise RuntimeError(f"redis-server is not on PATH ({localredis.INSTALL_HINT})")
     return found
 
 
@@ -56,24 +52,9 @@ class RedisServer:
 
     def _spawn(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = [
-            redis_server_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.directory),
-            "--protected-mode",
-            "no",
-            "--loglevel",
-            "notice",
-            *self.extra_args,
-        ]
+        args = private_server_argv(
+            redis_server_binary(), self.port, str(self.directory), self.extra_args
+        )
         self.process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )

@@ -154,6 +154,54 @@ async def test_the_batch_in_flight_does_not_count_against_the_bound(metrics: Met
     assert writer.batches == [["evt-0"], ["evt-1", "evt-2"]]
 
 
+async def test_a_backlog_pauses_the_reader_until_the_writer_takes_a_batch(
+    metrics: Metrics,
+) -> None:
+    writer, stored = FakeWriter(), []
+    writer.gate = asyncio.Event()
+    publisher = make(writer, metrics, stored, max_batch=10)  # high water: 4 batches
+    task = asyncio.create_task(publisher.run())
+    publisher.submit(entry(0))
+    await writer.started.wait()  # one event in flight, held there
+    for n in range(1, 41):
+        publisher.submit(entry(n))
+    assert not publisher.backlogged  # 40 waiting: at the mark, not above it
+    publisher.submit(entry(41))
+    assert publisher.backlogged
+    room = asyncio.create_task(publisher.wait_for_room())
+    await asyncio.sleep(0)
+    assert not room.done()
+    writer.gate.set()  # the writer takes the next batch of 10: below the mark again
+    await room
+    assert not publisher.backlogged
+    publisher.close()
+    await task
+    assert sum(len(batch) for batch in writer.batches) == 42  # nothing dropped on the way
+    assert sample(metrics, "connector_dropped_events_total", reason="buffer_full") == 0
+
+
+async def test_no_backlog_pause_during_an_outage_or_shutdown(metrics: Metrics) -> None:
+    writer, stored = FakeWriter(), []
+    writer.gate = asyncio.Event()
+    writer.failures = 1
+    publisher = make(writer, metrics, stored, max_batch=10)
+    task = asyncio.create_task(publisher.run())
+    publisher.submit(entry(0))
+    await writer.started.wait()
+    for n in range(1, 60):
+        publisher.submit(entry(n))
+    room = asyncio.create_task(publisher.wait_for_room())
+    await asyncio.sleep(0)
+    assert not room.done()
+    writer.gate.set()  # the write fails: Redis is out, the buffer takes over
+    await room
+    assert not publisher.healthy
+    assert not publisher.backlogged
+    publisher.close()  # (closing alone also ends a pause: shutdown must not wait on the reader)
+    await task
+    assert sum(len(batch) for batch in writer.batches) == 60
+
+
 async def test_dropped_ids_are_forgotten_so_a_redelivery_is_stored(metrics: Metrics) -> None:
     writer, stored = FakeWriter(), []
     forgotten.clear()
