@@ -13,7 +13,7 @@ PNG (needs matplotlib); --profile DIR records py-spy profiles of the connector. 
 every run completed (targets missed or not), 1 when a run failed, 2 for bad options.
 
 Quick check (about 20 seconds): connector bench --quick
-Full run (about 10 minutes): connector bench --json /tmp/bench.json   (see docs/performance.md)
+Full run (about 6 minutes): connector bench --json /tmp/bench.json   (see docs/performance.md)
 Scale (about 5 minutes): connector bench --scenarios scale --cluster --also-single
     (see docs/scaling.md)
 """
