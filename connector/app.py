@@ -17,8 +17,11 @@ import signal
 import time
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from connector import __version__
 from connector.acks import AckGate, Acknowledger, ImmediateGate
+from connector.cluster_wire import ClusterWire
 from connector.config import Settings
 from connector.confirm import ConsumerGate
 from connector.http import OpsServer, Readiness
@@ -64,8 +67,14 @@ class Connector:
             settings.stream_maxlen,
             self.keys.deadletter,
             wire=None if settings.redis_cluster else self._open_wire,
+            cluster_wire=(
+                ClusterWire.for_cluster(self.redis, settings.redis_timeout)
+                if isinstance(self.redis, RedisCluster)
+                else None
+            ),
         )
-        self.writer.provision = StreamProvisioner(self.keys, settings.consumer_groups)
+        self.provisioner = StreamProvisioner(self.keys, settings.consumer_groups)
+        self.writer.provision = self.provisioner
         self.consumer_gate: ConsumerGate | None = None
         self.gate: AckGate = self._make_gate()
         self.publisher = Publisher(
@@ -77,6 +86,7 @@ class Connector:
             max_bytes=settings.buffer_max_bytes,
             dedupe_window=settings.dedupe_window,
             on_dropped=self.acknowledger.forget,
+            may_write=self._may_write,
         )
         self.router = Router(
             self.keys,
@@ -113,6 +123,10 @@ class Connector:
             password=settings.resolved_redis_password(),
             ca_file=str(settings.redis_ca_file) if settings.redis_ca_file else None,
         )
+
+    def _may_write(self) -> bool:
+        """Only while the prefix is surely ours (see :meth:`PrefixLease.confirmed`)."""
+        return self.lease is None or self.lease.confirmed()
 
     def _make_gate(self) -> AckGate:
         settings = self.settings
@@ -285,14 +299,8 @@ class Connector:
     def on_frame(self, frame: str | bytes, received: float) -> bytes | None:
         return self.router.route(frame, received)
 
-    @property
-    def backlogged(self) -> bool:
-        return self.publisher.backlogged
-
-    async def wait_for_room(self) -> None:
-        await self.publisher.wait_for_room()
-
     async def on_connected(self, gap_started: float | None) -> None:
+        self.publisher.forget_ids()
         if gap_started is not None:
             now = time.time()
             self._marker(
@@ -368,8 +376,11 @@ class Connector:
                 "Redis lost the stream registry (a restart without persistence?); "
                 "creating streams, groups and registry again"
             )
-            self.writer.known_streams.clear()
+            self.provisioner.start_id = "0"
+            self.writer.forget_streams()
             await self._provision_type_streams()
+            if self.consumer_gate is not None:
+                await self.consumer_gate.create_registry_groups()
 
     def _marker(self, kind: str, **fields: Any) -> None:
         """A connector marker in the system stream (so downstream can see gaps)."""

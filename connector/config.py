@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -123,8 +124,10 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Bytes held while Redis is unavailable."
     )
     session_id: str = Field(
-        default_factory=lambda: f"{socket.gethostname()[:48]}-{os.getpid()}",
-        description="Names this connector in markers and in the prefix lease (default host-pid).",
+        # The random part: two containers can share a hostname and both run as pid 1.
+        default_factory=lambda: f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}",
+        description="Names this connector in markers and in the prefix lease "
+        "(default host-pid-random).",
     )
     prefix_lock: bool = Field(
         True,

@@ -220,7 +220,7 @@ class ConsumerGate:
 
     async def run(self) -> None:
         """Listen for notifications, check group state, keep the lag gauge (until cancelled)."""
-        await self._create_registry_groups()
+        await self.create_registry_groups()
         tasks = [
             asyncio.create_task(self._listen(), name="confirm-listen"),
             asyncio.create_task(self._check_loop(), name="confirm-check"),
@@ -235,7 +235,7 @@ class ConsumerGate:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _create_registry_groups(self) -> None:
+    async def create_registry_groups(self) -> None:
         """Groups on the registry start at 0: a member joining late still sees every stream."""
         for group in self._groups:
             try:

@@ -23,6 +23,9 @@ from connector.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 LEASE_TTL_MS = 15_000
+# Writes stop this long before the lease could have expired without our renewals reaching Redis.
+SAFETY_MARGIN_S = 1.0
+RETRY_DELAY_S = 0.5
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -41,13 +44,24 @@ return 0
 class PrefixLease:
     """Holds ``key`` for ``owner`` while the service runs."""
 
-    def __init__(self, redis: RedisClient, key: str, owner: str, ttl_ms: int = LEASE_TTL_MS):
+    def __init__(
+        self,
+        redis: RedisClient,
+        key: str,
+        owner: str,
+        ttl_ms: int = LEASE_TTL_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._redis = redis
+        self._clock = clock
         self.key = key
         self.owner = owner
         self._ttl_ms = ttl_ms
         self.held = False
         self.holder: str | None = None  # who has it when we do not
+        # When the last take or renewal that Redis confirmed was sent: the lease is ours until
+        # at least that moment plus its TTL, whatever happened since.
+        self._confirmed_at = float("-inf")
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
@@ -71,15 +85,24 @@ class PrefixLease:
                 await asyncio.wait_for(stop.wait(), 1.0)
         return False
 
+    def confirmed(self) -> bool:
+        """True while no other connector can hold the prefix: writes wait while this is false
+        (renewals failing for nearly a TTL: another connector may take over any moment)."""
+        ttl_s = self._ttl_ms / 1000
+        return self.held and self._clock() < self._confirmed_at + ttl_s - SAFETY_MARGIN_S
+
     async def _try_take(self) -> bool:
+        sent_at = self._clock()
         if await self._redis.set(self.key, self.owner, nx=True, px=self._ttl_ms):
-            self.held, self.holder = True, None
+            self.held, self.holder, self._confirmed_at = True, None, sent_at
             log.info("holding the stream prefix", extra={"lease": self.key})
             return True
         raw = await self._redis.get(self.key)
         current = raw.decode() if isinstance(raw, bytes) else raw
-        if current == self.owner:
-            self.held, self.holder = True, None
+        if current == self.owner and await self._renew(
+            keys=[self.key], args=[self.owner, self._ttl_ms]
+        ):
+            self.held, self.holder, self._confirmed_at = True, None, sent_at
             return True
         self.held, self.holder = False, current
         return False
@@ -91,11 +114,14 @@ class PrefixLease:
         and it took over), ``on_lost(holder)`` is called and renewing stops: two sessions must
         not write one set of streams.
         """
+        delay = self._ttl_ms / 3000
         while True:
-            await asyncio.sleep(self._ttl_ms / 3000)
+            await asyncio.sleep(delay)
+            delay = self._ttl_ms / 3000
+            sent_at = self._clock()
             try:
                 if await self._renew(keys=[self.key], args=[self.owner, self._ttl_ms]):
-                    self.held = True
+                    self.held, self._confirmed_at = True, sent_at
                     continue
                 if not await self._try_take() and self.holder is not None:
                     log.error(
@@ -105,6 +131,7 @@ class PrefixLease:
                     on_lost(self.holder)
                     return
             except Exception:  # Redis trouble is reported by the publisher and health check
+                delay = RETRY_DELAY_S  # writes may be waiting for a confirmed lease
                 continue
 
     async def release(self) -> None:

@@ -189,12 +189,15 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
             registry=r,
         )
-        self.buffered_events = Gauge(
-            "connector_buffered_events", "Events received and not yet stored.", registry=r
+        # Read at scrape time: they must move during an outage too, while no batch completes.
+        self.buffered_events = CallbackGauge(
+            "connector_buffered_events", "Events received and not yet stored.", lambda: 0
         )
-        self.buffered_bytes = Gauge(
-            "connector_buffered_bytes", "Bytes of events received and not yet stored.", registry=r
+        r.register(self.buffered_events)
+        self.buffered_bytes = CallbackGauge(
+            "connector_buffered_bytes", "Bytes of events received and not yet stored.", lambda: 0
         )
+        r.register(self.buffered_bytes)
         self.dropped = Counter(
             "connector_dropped_events",
             "Events dropped before storage, by reason.",

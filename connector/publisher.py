@@ -26,8 +26,7 @@ from connector.writer import StreamWriter
 
 log = logging.getLogger(__name__)
 
-#: Waiting batches above which the read loop pauses while Redis keeps up with writes.
-BACKLOG_BATCHES = 4
+LEASE_POLL_S = 0.1
 
 OnStored = Callable[[list[Entry]], Awaitable[None]]
 
@@ -75,27 +74,26 @@ class Publisher:
         dedupe_window: int,
         retry_max_delay: float = 2.0,
         on_dropped: Callable[[int], None] = lambda ids: None,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self._writer = writer
         self._metrics = metrics
         self._on_stored = on_stored
         self._on_dropped = on_dropped  # told how many id-bearing events were dropped
+        self._may_write = may_write  # false while the stream prefix lease is not confirmed
         self._max_batch = max_batch
         self._max_events = max_events
         self._max_bytes = max_bytes
-        # Back-pressure: above this many waiting events (a few batches) the read loop pauses
-        # while Redis is writing, so a feed faster than Redis slows the sender (TCP flow
-        # control) instead of filling the buffer, which is kept for outages.
-        self._high_water = max(1, min(BACKLOG_BATCHES * max_batch, max_events // 2))
         self._retry_max_delay = retry_max_delay
         self._recent = RecentIds(dedupe_window)
+        # Re-deliveries waiting in the buffer (marked: write nothing), by id: if the original is
+        # dropped before it is stored, its re-delivery is written instead.
+        self._queued_duplicates: dict[str, Entry] = {}
         self._pending: deque[Entry] = deque()
         self._pending_bytes = 0
         self._inflight: list[Entry] = []
         self._inflight_bytes = 0
         self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
         self._give_up = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -106,6 +104,8 @@ class Publisher:
         self._failed_attempts = 0
         self._drop_log = RateLimitedLog(log, interval=10.0)
         self._published = metrics.published_by_type
+        metrics.buffered_events.read = lambda: self.buffered
+        metrics.buffered_bytes.read = lambda: self._pending_bytes + self._inflight_bytes
 
     # -- read-loop side (synchronous, constant work) -------------------------------------------
 
@@ -116,6 +116,7 @@ class Publisher:
                 # Stored (or about to be) already: acknowledge again, write nothing.
                 self._metrics.duplicates.inc()
                 entry.key = None
+                self._queued_duplicates[entry.event_id] = entry
             if entry.final:
                 # A finished run's ids may be reused by the next one.
                 self._recent.clear()
@@ -146,35 +147,43 @@ class Publisher:
     def _dropped(self, entries: Iterable[Entry], reason: str) -> None:
         """Count dropped events; their ids will not be acknowledged, nor be duplicates."""
         count = ids = 0
+        duplicates = self._queued_duplicates
         for entry in entries:
             count += 1
-            if entry.event_id is not None:
-                ids += 1
-                self._recent.discard(entry.event_id)
+            event_id = entry.event_id
+            if event_id is None:
+                continue
+            ids += 1
+            if entry.key is None:  # a re-delivery marked to write nothing
+                duplicates.pop(event_id, None)
+                continue
+            revived = duplicates.pop(event_id, None) if duplicates else None
+            if revived is not None and reason == "buffer_full":
+                # The original is lost, its re-delivery still waits: that one is stored now.
+                revived.key = entry.key
+                revived.label = entry.label
+            else:
+                self._recent.discard(event_id)
         self._metrics.dropped.labels(reason).inc(count)
         if ids:
             self._on_dropped(ids)
 
-    @property
-    def backlogged(self) -> bool:
-        """True while more than a few batches wait and Redis is taking writes: read no further.
-
-        Never during an outage (then the buffer absorbs the feed and its bound applies), nor once
-        shutdown began.
-        """
-        return len(self._pending) > self._high_water and self._healthy and not self._closing
-
-    async def wait_for_room(self) -> None:
-        """Until :attr:`backlogged` is false: the writer took a batch, Redis failed, or shutdown."""
-        while self.backlogged:
-            self._room.clear()
-            await self._room.wait()
+    def forget_ids(self) -> None:
+        """A new connection: the server never re-sends what it sent before (PROTOCOL.md), so ids
+        seen on earlier connections say nothing about the new one's (a restarted engine may
+        number its events from the start again)."""
+        self._recent.clear()
 
     # -- writer task ---------------------------------------------------------------------------
 
     @property
     def buffered(self) -> int:
         return len(self._pending) + len(self._inflight)
+
+    @property
+    def in_flight(self) -> int:
+        """Events of the batch being written (not counted against the buffer bound)."""
+        return len(self._inflight)
 
     @property
     def abandoned(self) -> bool:
@@ -187,6 +196,23 @@ class Publisher:
 
     async def run(self) -> None:
         """Store batches until :meth:`close` and the buffer is empty (or abandoned)."""
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            # Shutdown gave up on a write that did not even fail (a Redis that stopped
+            # answering): what was held is lost all the same, and must be counted.
+            if self._abandon:
+                self._drop_everything()
+            raise
+
+    def _drop_everything(self) -> None:
+        self._dropped([*self._inflight, *self._pending], "shutdown")
+        self._inflight = []
+        self._inflight_bytes = 0
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    async def _run(self) -> None:
         while True:
             if not self._pending:
                 self._idle.set()
@@ -202,18 +228,19 @@ class Publisher:
             batch = [
                 self._pending.popleft() for _ in range(min(self._max_batch, len(self._pending)))
             ]
+            if self._queued_duplicates:
+                for entry in batch:
+                    if entry.key is None and entry.event_id is not None:
+                        self._queued_duplicates.pop(entry.event_id, None)
             # The bound counts what waits behind the batch in flight (which is at most
             # max_batch events), so a large batch never makes the newest events the ones dropped.
             self._inflight = batch
             self._inflight_bytes = sum(entry.size for entry in batch)
             self._pending_bytes -= self._inflight_bytes
-            self._update_gauges()
-            self._room.set()
             if not await self._store(batch):
                 return
             self._inflight = []
             self._inflight_bytes = 0
-            self._update_gauges()
             self._count_published(batch)
             if self._writer.unstorable:
                 self._unstorable(self._writer.unstorable)
@@ -232,6 +259,8 @@ class Publisher:
     async def _store(self, batch: list[Entry]) -> bool:
         delay = 0.05
         while True:
+            if not await self._wait_until_writable():
+                return False
             started = time.perf_counter()
             try:
                 await self._writer.write(batch)
@@ -240,7 +269,7 @@ class Publisher:
             except Exception as exc:
                 self._write_failed(exc, len(batch))
                 if self._abandon:
-                    self._dropped([*self._inflight, *self._pending], "shutdown")
+                    self._drop_everything()
                     return False
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
@@ -260,6 +289,19 @@ class Publisher:
                 )
             return True
 
+    async def _wait_until_writable(self) -> bool:
+        """Until writing is allowed (the prefix lease confirmed); False if abandoned meanwhile."""
+        if self._may_write():
+            return True
+        log.warning("writes wait until the stream prefix lease is confirmed again")
+        while not self._may_write():
+            if self._abandon:
+                self._drop_everything()
+                return False
+            await self._sleep(LEASE_POLL_S)
+        log.info("the stream prefix lease is confirmed: writes resume")
+        return True
+
     def _write_failed(self, exc: BaseException, events: int) -> None:
         """Count every failure; log the first of an incident, and its end (in ``_store``)."""
         self._metrics.publish_errors.inc()
@@ -267,7 +309,6 @@ class Publisher:
         self._failed_attempts += 1
         if self._healthy:
             self._healthy = False
-            self._room.set()  # an outage is the buffer's job: the read loop goes on
             self._outage_started = time.monotonic()
             self._failed_attempts = 1
             log.warning(
@@ -292,16 +333,11 @@ class Publisher:
         if "candle" in counts or "quote" in counts:
             self._metrics.last_event.set(time.time())
 
-    def _update_gauges(self) -> None:
-        self._metrics.buffered_events.set(self.buffered)
-        self._metrics.buffered_bytes.set(self._pending_bytes + self._inflight_bytes)
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
         """No more input: :meth:`run` returns once everything buffered is stored."""
         self._closing = True
-        self._room.set()
         self._wake.set()
 
     def abandon(self) -> None:
@@ -309,7 +345,6 @@ class Publisher:
         self._abandon = True
         self._closing = True
         self._give_up.set()
-        self._room.set()
         self._wake.set()
 
     async def wait_idle(self) -> None:

@@ -22,12 +22,16 @@ class StreamProvisioner:
     def __init__(self, keys: StreamKeys, groups: Sequence[str]) -> None:
         self._keys = keys
         self._groups = tuple(groups)
+        # Where new groups start. "$" (just before this connector's next entry) normally; "0"
+        # after Redis lost its data: every stream then holds only entries written since, which
+        # no consumer has seen, including those written before the loss was noticed.
+        self.start_id = "$"
 
     def __call__(self, key: str) -> list[list[Arg]]:
         if not self._keys.is_data_stream(key):
             return []
         commands: list[list[Arg]] = [
-            ["XGROUP", "CREATE", key, group, "$", "MKSTREAM"] for group in self._groups
+            ["XGROUP", "CREATE", key, group, self.start_id, "MKSTREAM"] for group in self._groups
         ]
         info = parse_key(self._keys.prefix, key)
         entry: list[Arg] = ["stream", key, "type", info.type if info else ""]

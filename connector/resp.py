@@ -87,7 +87,13 @@ class Endpoint:
         """The endpoint of a redis-py ``Redis`` client, or None when its configuration is one
         this minimal connection does not reproduce (credential providers, RESP3, client certs)."""
         pool = getattr(client, "connection_pool", None)
-        kwargs = getattr(pool, "connection_kwargs", None)
+        return cls.of_connection(
+            getattr(pool, "connection_kwargs", None), getattr(pool, "connection_class", None)
+        )
+
+    @classmethod
+    def of_connection(cls, kwargs: Any, connection_class: Any) -> Endpoint | None:
+        """The same from redis-py's connection settings (a pool's, or a cluster node's)."""
         if not isinstance(kwargs, dict):
             return None
         if kwargs.get("credential_provider") or kwargs.get("protocol") not in (None, 2, "2"):
@@ -98,7 +104,7 @@ class Endpoint:
         if password is not None and not isinstance(password, str):
             return None
         context = None
-        if pool is not None and getattr(pool, "connection_class", None) is SSLConnection:
+        if connection_class is SSLConnection:
             context = ssl.create_default_context(cafile=kwargs.get("ssl_ca_certs"))
             if kwargs.get("ssl_cert_reqs") in ("none", ssl.CERT_NONE):
                 context.check_hostname = False
@@ -190,6 +196,8 @@ class WireConnection:
             )
         if endpoint.db:
             setup.append(["SELECT", endpoint.db])
+        # The name only helps operators (CLIENT LIST): a user without the CLIENT command, or a
+        # provider that disables it, must not stop the connection, so its reply is not checked.
         setup.append(["CLIENT", "SETNAME", "connector"])
         try:
             replies = await connection.execute(
@@ -198,7 +206,7 @@ class WireConnection:
         except BaseException:
             await connection.close()
             raise
-        for reply in replies:
+        for reply in replies[:-1]:
             if isinstance(reply, ResponseError):
                 await connection.close()
                 raise reply

@@ -46,13 +46,6 @@ class SessionHandler(Protocol):
 
     def on_frame(self, frame: str | bytes, received: float) -> bytes | None: ...
 
-    @property
-    def backlogged(self) -> bool:
-        """True when the read loop should wait (:meth:`wait_for_room`) before the next frame."""
-        ...
-
-    async def wait_for_room(self) -> None: ...
-
     async def on_connected(self, gap_started: float | None) -> None: ...
 
     def on_disconnected(self, reason: str) -> None: ...
@@ -176,8 +169,7 @@ class Session:
         return False
 
     async def _read(self, ws: ClientConnection) -> str:
-        handler = self._handler
-        on_frame = handler.on_frame
+        on_frame = self._handler.on_frame
         clock = self._clock
         handled = 0
         try:
@@ -192,10 +184,6 @@ class Session:
                     # would starve the publisher (and the buffer would fill): let it run.
                     handled = 0
                     await asyncio.sleep(0)
-                    if handler.backlogged:
-                        # Redis is slower than the feed: stop reading, so websockets' queue
-                        # fills and TCP slows the sender, instead of buffering without end.
-                        await handler.wait_for_room()
         except ConnectionClosed as exc:
             return _close_reason(exc)
         except Exception as exc:  # never let a surprise end the service: start a new connection

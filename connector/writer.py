@@ -9,8 +9,10 @@ check tells a real clash (another writer, or a clock that went back) from our ow
 a clash moves the stream's id floor above the stream's last id and writes again.
 
 On a single Redis the batch goes out through :class:`connector.resp.WireConnection` (encoded by
-hand, replies parsed in C); on a Redis Cluster through redis-py's cluster pipeline, which splits
-it per node.
+hand, replies parsed in C); on a Redis Cluster through :class:`connector.cluster_wire.ClusterWire`
+(the same, one pipeline per master) in the steady state, and through redis-py's cluster pipeline
+(which follows redirections) for batches that provision new streams and for the attempt after a
+redirection or a node failure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from connector.cluster_wire import ClusterWire
 from connector.redis_client import RedisClient, is_cluster
 from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 from connector.streams import Entry
@@ -43,6 +46,10 @@ _TRANSIENT_PREFIXES = (
     "WRONGPASS",
 )
 _MAX_ROUNDS = 5
+# Replies that say this connection is talking to the wrong server, or as the wrong user: a
+# primary that became a replica (failover behind a stable address), one still loading, a user
+# whose password was rotated. Only a new connection can get past them.
+_RECONNECT_PREFIXES = ("READONLY", "MASTERDOWN", "LOADING", "NOAUTH", "WRONGPASS", "EXECABORT")
 
 # Commands to run before the first write to a stream (consumer groups, the registry entry).
 Provision = Callable[[str], list[list[Arg]]]
@@ -98,6 +105,7 @@ class StreamWriter:
         deadletter_key: str,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         wire: WireFactory | None = None,
+        cluster_wire: ClusterWire | None = None,
     ) -> None:
         self.redis = redis
         self.maxlen = maxlen or None
@@ -106,6 +114,7 @@ class StreamWriter:
         self._clock_ms = clock_ms
         self._wire_factory = wire
         self._wire: WireConnection | None = None
+        self._cluster_wire = cluster_wire
         self._maxlen_args = (
             encode_command(["MAXLEN", "~", maxlen])[len(b"*3\r\n") :] if maxlen else b""
         )
@@ -113,6 +122,9 @@ class StreamWriter:
         # their own errors are expected (BUSYGROUP) and ignored.
         self.provision: Provision | None = None
         self.known_streams: set[str] = set()
+        # Bumped by forget_streams(): a write in flight meanwhile must not mark its streams
+        # provisioned again (its provisioning commands were decided before the loss).
+        self._provision_epoch = 0
         # Entries of the last write() that no stream would take (the publisher counts them).
         self.unstorable: list[tuple[str | None, str]] = []  # (event id, error)
         # MULTI/EXEC around a batch: consumers blocked on the streams wake once, with the whole
@@ -164,13 +176,35 @@ class StreamWriter:
                     owners.append(key)
         return commands, owners
 
+    def forget_streams(self) -> None:
+        """Redis lost its data: provision every stream again with its next write."""
+        self.known_streams.clear()
+        self._provision_epoch += 1
+
     async def _xadd(self, entries: Sequence[Entry]) -> list[Any]:
         prepared, owners = self._prepare(entries)
+        epoch = self._provision_epoch
+        cluster_wire = self._cluster_wire
+        if cluster_wire is not None and not prepared and cluster_wire.usable():
+            encode = self._encode_xadd
+            replies = await cluster_wire.execute([(e.key or "", encode(e)) for e in entries])
+            if cluster_wire.stale:
+                # Redirected (or a master failed): those entries again at once through redis-py,
+                # which follows redirections and refreshes the slot map.
+                again = [i for i, reply in enumerate(replies) if _misdirected(reply)]
+                retried = await self._xadd_pipeline([], [entries[i] for i in again])
+                cluster_wire.settled()
+                for index, reply in zip(again, retried, strict=True):
+                    replies[index] = reply
+            return replies
         if self._wire_factory is not None:
             replies = await self._xadd_wire(prepared, entries)
         else:
             replies = await self._xadd_pipeline(prepared, entries)
-        self._note_provisioned(owners, replies[: len(prepared)], entries)
+            if cluster_wire is not None:
+                cluster_wire.settled()
+        if epoch == self._provision_epoch:
+            self._note_provisioned(owners, replies[: len(prepared)], entries)
         return replies[len(prepared) :]
 
     def _note_provisioned(
@@ -202,29 +236,30 @@ class StreamWriter:
             )
         return list(await pipe.execute(raise_on_error=False))
 
+    def _encode_xadd(self, entry: Entry) -> bytes:
+        """``XADD key [MAXLEN ~ n] id field value ...`` as RESP (the fields encoded once)."""
+        if entry.blob is None:
+            entry.blob = encode_fields(entry.fields)
+        maxlen = self._maxlen_args
+        fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
+        key = entry.key.encode()  # type: ignore[union-attr]
+        entry_id = entry.entry_id.encode()  # type: ignore[union-attr]
+        return b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+            2 + fixed_args + 2 * len(entry.fields),
+            len(key),
+            key,
+            maxlen,
+            len(entry_id),
+            entry_id,
+            entry.blob,
+        )
+
     async def _xadd_wire(self, prepared: list[list[Arg]], entries: Sequence[Entry]) -> list[Any]:
         parts = [encode_command(command) for command in prepared]
         if self.atomic:
             parts.append(MULTI)
-        maxlen = self._maxlen_args
-        fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
-        for entry in entries:
-            if entry.blob is None:
-                entry.blob = encode_fields(entry.fields)
-            key = entry.key.encode()  # type: ignore[union-attr]
-            entry_id = entry.entry_id.encode()  # type: ignore[union-attr]
-            parts.append(
-                b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s"
-                % (
-                    2 + fixed_args + 2 * len(entry.fields),
-                    len(key),
-                    key,
-                    maxlen,
-                    len(entry_id),
-                    entry_id,
-                    entry.blob,
-                )
-            )
+        encode_xadd = self._encode_xadd
+        parts.extend(encode_xadd(entry) for entry in entries)
         if self.atomic:
             parts.append(EXEC)
         expected = len(prepared) + len(entries) + (2 if self.atomic else 0)
@@ -233,9 +268,13 @@ class StreamWriter:
         try:
             replies = await self._wire.execute(b"".join(parts), expected)
         except BaseException:
-            wire, self._wire = self._wire, None
-            await wire.close()
+            await self._drop_wire()
             raise
+        if any(
+            isinstance(reply, ResponseError) and str(reply).startswith(_RECONNECT_PREFIXES)
+            for reply in replies
+        ):
+            await self._drop_wire()  # the replies still count: the next attempt reconnects
         provisioning, replies = replies[: len(prepared)], replies[len(prepared) :]
         if not self.atomic:
             return [*provisioning, *replies]
@@ -244,10 +283,15 @@ class StreamWriter:
             raise WriteError(f"transaction refused: {executed}")
         return [*provisioning, *executed]
 
-    async def close(self) -> None:
+    async def _drop_wire(self) -> None:
         if self._wire is not None:
             wire, self._wire = self._wire, None
             await wire.close()
+
+    async def close(self) -> None:
+        await self._drop_wire()
+        if self._cluster_wire is not None:
+            await self._cluster_wire.close()
 
     async def provision_streams(self, keys: Sequence[str]) -> None:
         """Provision streams ahead of their first entry (so consumers can join them early)."""
@@ -258,10 +302,13 @@ class StreamWriter:
         if not commands:
             return
         owners = [key for key in fresh for _ in self.provision(key)]
+        epoch = self._provision_epoch
         pipe = self.redis.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         replies = await pipe.execute(raise_on_error=False)
+        if epoch != self._provision_epoch:
+            return
         failed = {
             owner
             for owner, reply in zip(owners, replies, strict=True)
@@ -312,6 +359,13 @@ class StreamWriter:
         entry.label = "deadletter"
         entry.entry_id = None
         entry.blob = None
+
+
+def _misdirected(reply: Any) -> bool:
+    """A reply that says "not here" (MOVED/ASK), or no reply at all (the master failed)."""
+    if isinstance(reply, ResponseError):
+        return str(reply).startswith(("MOVED", "ASK"))
+    return isinstance(reply, BaseException)
 
 
 def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:

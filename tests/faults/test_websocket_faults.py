@@ -126,11 +126,6 @@ def test_refused_credentials_wait_the_maximum_backoff() -> None:
         def on_disconnected(self, reason: str) -> None:
             return None
 
-        backlogged = False
-
-        async def wait_for_room(self) -> None:
-            return None
-
     session = Session(settings, Metrics(), Handler(), rng=lambda: 0.5)
     assert session._connect_failed(ConnectFailed("auth", "HTTP 401", 401)) == 17
     assert session._connect_failed(ConnectFailed("auth", "HTTP 401", 401)) == 17

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 from redis.asyncio import Redis
 
 from connector.consumer import GroupConsumer, Message
@@ -265,3 +266,43 @@ async def test_live_mode_is_not_gated_but_lag_is_measured(redis_server: RedisSer
         await wait_until(lambda: app.sample("connector_consumer_lag", group="dash") >= 20)
         async with consuming(url, "dash", "d1", start_id="0"):
             await wait_until(lambda: app.sample("connector_consumer_lag", group="dash") < 20)
+
+
+@pytest.mark.parametrize("ack_mode", ["immediate", "consumer"])
+async def test_redis_losing_its_data_gets_streams_groups_and_registry_again(
+    redis_server: RedisServer, ack_mode: str
+) -> None:
+    """A Redis restarted without persistence looks like FLUSHALL: the connector notices the
+    registry is gone and provisions everything again. The groups start at the streams' first
+    entries: what was written after the loss but before the connector noticed it is delivered too.
+    (In consumer-ack mode the gate, which also recreates a lost group, adds the registry's.)"""
+    url = redis_server.url
+    config = SimConfig(mode="live", symbols=("AAPL",), rate=400.0, id_field="id")
+    stream = "md:{AAPL}:quote"
+    registry_groups = {b"dash"} if ack_mode == "consumer" else set()
+    redis = Redis.from_url(url)
+
+    async def provisioned() -> bool:
+        if await redis.exists("md:streams", stream) != 2:
+            return False
+        groups = {g["name"] for g in await redis.xinfo_groups(stream)}
+        registry = {g["name"] for g in await redis.xinfo_groups("md:streams")}
+        return groups == {b"dash"} and registry == registry_groups
+
+    try:
+        async with (
+            Simulator(config) as sim,
+            run_connector(sim, url, mode="live", ack_mode=ack_mode, consumer_groups="dash") as app,
+        ):
+            await wait_until(lambda: app.sample("connector_published_total", type="quote") >= 20)
+            await redis.flushall()
+            async with asyncio.timeout(30):
+                while not await provisioned():  # noqa: ASYNC110 - Redis state: polled
+                    await asyncio.sleep(0.05)
+            registered = await redis.xrange("md:streams")
+            assert stream.encode() in {fields[b"stream"] for _, fields in registered}
+            first_id = (await redis.xrange(stream, count=1))[0][0]
+            delivered = await redis.xreadgroup("dash", "probe", {stream: ">"}, count=1)
+            assert delivered[0][1][0][0] == first_id
+    finally:
+        await redis.aclose()

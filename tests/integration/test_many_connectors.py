@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from connector.lease import PrefixLease
+from connector.metrics import Metrics
+from connector.publisher import Publisher
 from connector.sim import SimConfig, Simulator
+from connector.streams import Entry
 from tests.support.harness import run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -56,3 +61,62 @@ async def test_a_second_connector_on_the_same_prefix_waits_instead_of_mixing(
             assert await first.exit_code() == 0
             await second_feed.record.wait_until(lambda: len(second_feed.record.connections) == 1)
             await wait_until(lambda: second.connector.readiness_now().ready)
+
+
+async def test_writes_wait_while_the_prefix_lease_is_unconfirmed(
+    redis_server: RedisServer,
+) -> None:
+    """Renewals that do not reach Redis for nearly a TTL: another connector may take over any
+    moment, so this one stops writing into the prefix until a renewal is confirmed again."""
+    now = [1000.0]
+    redis = Redis.from_url(redis_server.url)
+    try:
+        lease = PrefixLease(redis, "md:lease", "me", ttl_ms=15_000, clock=lambda: now[0])
+        assert await lease.acquire(asyncio.Event())
+        assert lease.confirmed()
+        now[0] += 14.5  # no renewal confirmed since: within the safety margin of the TTL
+        assert not lease.confirmed()
+        writer_calls: list[int] = []
+
+        class Writer:
+            def __init__(self) -> None:
+                self.unstorable: list[tuple[str | None, str]] = []
+
+            async def write(self, entries: Sequence[Entry]) -> None:
+                writer_calls.append(len(entries))
+
+        async def stored(batch: list[Entry]) -> None:
+            return None
+
+        refused = asyncio.Event()
+        refusals = [0]
+
+        def may_write() -> bool:
+            allowed = lease.confirmed()
+            if not allowed:
+                refusals[0] += 1
+                if refusals[0] >= 3:
+                    refused.set()
+            return allowed
+
+        publisher = Publisher(
+            Writer(),  # type: ignore[arg-type]
+            Metrics(),
+            stored,
+            max_batch=10,
+            max_events=100,
+            max_bytes=1 << 20,
+            dedupe_window=0,
+            may_write=may_write,
+        )
+        task = asyncio.create_task(publisher.run())
+        publisher.submit(Entry("md:{AAPL}:quote", {"n": "1"}, "quote", "evt-1", 0.0, 10))
+        publisher.close()
+        await refused.wait()  # the publisher asked three times and was told to wait each time
+        assert writer_calls == []
+        assert await lease.acquire(asyncio.Event())  # still ours: renewed, confirmed again
+        assert lease.confirmed()
+        await task
+        assert writer_calls == [1]
+    finally:
+        await redis.aclose()

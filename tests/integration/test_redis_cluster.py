@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from connector.consumer import GroupConsumer, Message
@@ -105,6 +106,58 @@ async def test_live_run_on_a_cluster(redis_cluster: RedisClusterProcesses) -> No
                 expected.setdefault(key, []).append(fields)
         for key, wanted in expected.items():
             assert await entries(client, key) == wanted, key
+    finally:
+        await client.aclose()
+
+
+async def wire_clients(cluster: RedisClusterProcesses) -> int:
+    """Connections named by the connector's write path (its per-master RESP pipelines)."""
+    total = 0
+    for node in cluster.masters():
+        client = Redis(port=node.port)
+        try:
+            total += sum(1 for c in await client.client_list() if c.get("name") == "connector")
+        finally:
+            await client.aclose()
+    return total
+
+
+async def test_a_slot_moved_mid_run_ask_and_moved_lose_and_duplicate_nothing(
+    redis_cluster: RedisClusterProcesses,
+) -> None:
+    config = SimConfig(mode="live", symbols=SYMBOLS, rate=1000.0, count=3000)
+    key = "md:{AAPL}:quote"
+    async with (
+        Simulator(config) as sim,
+        run_connector(sim, redis_cluster.url, redis_cluster="true") as app,
+    ):
+        await wait_until(lambda: app.sample("connector_published_total", type="quote") > 300)
+        assert await wire_clients(redis_cluster) >= 1  # the steady state: one pipeline per master
+        move = await asyncio.to_thread(redis_cluster.begin_slot_move, key)
+        # The old master now answers ASK for the moved streams: writes go on meanwhile.
+        stored = app.sample("connector_published_total", type="quote")
+        await wait_until(
+            lambda: app.sample("connector_published_total", type="quote") > stored + 100
+        )
+        await asyncio.to_thread(redis_cluster.finish_slot_move, move)  # now MOVED
+        assert await sim.wait_finished() == "sent"
+        await wait_until(
+            lambda: (
+                app.sample("connector_published_total", type="quote")
+                + app.sample("connector_published_total", type="candle")
+                == 3000
+            )
+        )
+    assert redis_cluster.master_of(key).port == move.target.port != move.source.port
+    client = cluster_client(redis_cluster)
+    try:
+        expected: dict[str, list[dict[str, str]]] = {}
+        for frame in sim.record.sent:
+            if frame.type in ("candle", "quote"):
+                stream, fields = expected_entry(frame.text or "")
+                expected.setdefault(stream, []).append(fields)
+        for stream, wanted in expected.items():
+            assert await entries(client, stream) == wanted, stream
     finally:
         await client.aclose()
 

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from connector.resp import WireConnection, encode_command, encode_fields
 from connector.streams import Entry
-from connector.writer import StreamWriter
+from connector.writer import StreamWriter, WriteError
 from tests.support.redis_server import RedisServer
 
 
@@ -137,3 +137,48 @@ async def test_acl_auth_database_and_unix_socket(acl_unix_redis: RedisServer) ->
         await WireConnection.open(
             f"unix://{path}", reply_timeout=5, username="app", password="wrong"
         )
+
+
+async def test_a_primary_turned_replica_makes_the_writer_reconnect(
+    tmp_path: Path, redis_server: RedisServer, redis_client: Redis
+) -> None:
+    """A failover behind a stable address: the connection the writer holds now reaches a
+    replica (READONLY). The next attempt must open a new connection, which reaches the primary."""
+    old = RedisServer(tmp_path / "old")
+    old.start()
+    try:
+        targets = iter([old.url, redis_server.url])
+
+        async def wire() -> WireConnection:
+            return await WireConnection.open(next(targets), reply_timeout=5)
+
+        writer = StreamWriter(redis_client, 0, "dl", clock_ms=lambda: 1000, wire=wire)
+        demoted = Redis.from_url(old.url)
+        try:
+            await demoted.execute_command("REPLICAOF", "127.0.0.1", str(redis_server.port))
+        finally:
+            await demoted.aclose()
+        with pytest.raises(WriteError):
+            await writer.write([entry("s", 1)])
+        await writer.write([entry("s", 1)])  # a new connection: the (new) primary
+        assert [e["n"] for e in await read(redis_client, "s")] == ["1"]
+        await writer.close()
+    finally:
+        old.stop()
+
+
+async def test_a_user_without_the_client_command_can_still_write(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(
+        tmp_path / "r",
+        ["--user", "default", "off", "--user", "app", "on", ">pw", "~*", "+@all", "-client"],
+    )
+    server.start()
+    try:
+        wire = await WireConnection.open(server.url, reply_timeout=5, username="app", password="pw")
+        replies = await wire.execute(encode_command(["XADD", "s", "*", "a", "1"]), 1)
+        assert isinstance(replies[0], bytes)
+        await wire.close()
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -13,6 +14,17 @@ import redis
 from tests.support.redis_server import RedisServer, free_port
 
 NODE_TIMEOUT_MS = 1000
+
+
+@dataclass(frozen=True)
+class SlotMove:
+    slot: int
+    source: RedisServer
+    target: RedisServer
+    source_id: str
+    target_id: str
+
+
 READY_TIMEOUT = 60.0
 
 
@@ -87,6 +99,59 @@ class RedisClusterProcesses:
             return next(n for n in self.nodes if n.port == node.port)
         finally:
             client.close()
+
+    def masters(self) -> list[RedisServer]:
+        """The running nodes that are masters now."""
+        found = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            client = redis.Redis(port=node.port, socket_timeout=5)
+            try:
+                if client.execute_command("ROLE")[0] == b"master":
+                    found.append(node)
+            finally:
+                client.close()
+        return found
+
+    def begin_slot_move(self, key: str) -> SlotMove:
+        """Start moving ``key``'s slot to another master the way ``redis-cli --cluster reshard``
+        does (IMPORTING/MIGRATING, then MIGRATE of its keys): from now on a client writing those
+        keys on the old master gets ASK. :meth:`finish_slot_move` hands the slot over (MOVED)."""
+        source = self.master_of(key)
+        target = next(node for node in self.masters() if node.port != source.port)
+        src = redis.Redis(port=source.port, socket_timeout=10)
+        dst = redis.Redis(port=target.port, socket_timeout=10)
+        try:
+            slot = int(src.execute_command("CLUSTER", "KEYSLOT", key))
+            move = SlotMove(
+                slot,
+                source,
+                target,
+                src.execute_command("CLUSTER", "MYID").decode(),
+                dst.execute_command("CLUSTER", "MYID").decode(),
+            )
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", move.source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", move.target_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 10000, "KEYS", *keys
+                )
+        finally:
+            src.close()
+            dst.close()
+        return move
+
+    def finish_slot_move(self, move: SlotMove) -> None:
+        """Assign the slot to its new master on every master (target and source first)."""
+        ports = [move.target.port, move.source.port]
+        ports += [node.port for node in self.masters() if node.port not in ports]
+        for port in ports:
+            client = redis.Redis(port=port, socket_timeout=10)
+            try:
+                client.execute_command("CLUSTER", "SETSLOT", move.slot, "NODE", move.target_id)
+            finally:
+                client.close()
 
     def _any_running(self) -> RedisServer:
         return next(node for node in self.nodes if node.running)

@@ -154,54 +154,6 @@ async def test_the_batch_in_flight_does_not_count_against_the_bound(metrics: Met
     assert writer.batches == [["evt-0"], ["evt-1", "evt-2"]]
 
 
-async def test_a_backlog_pauses_the_reader_until_the_writer_takes_a_batch(
-    metrics: Metrics,
-) -> None:
-    writer, stored = FakeWriter(), []
-    writer.gate = asyncio.Event()
-    publisher = make(writer, metrics, stored, max_batch=10)  # high water: 4 batches
-    task = asyncio.create_task(publisher.run())
-    publisher.submit(entry(0))
-    await writer.started.wait()  # one event in flight, held there
-    for n in range(1, 41):
-        publisher.submit(entry(n))
-    assert not publisher.backlogged  # 40 waiting: at the mark, not above it
-    publisher.submit(entry(41))
-    assert publisher.backlogged
-    room = asyncio.create_task(publisher.wait_for_room())
-    await asyncio.sleep(0)
-    assert not room.done()
-    writer.gate.set()  # the writer takes the next batch of 10: below the mark again
-    await room
-    assert not publisher.backlogged
-    publisher.close()
-    await task
-    assert sum(len(batch) for batch in writer.batches) == 42  # nothing dropped on the way
-    assert sample(metrics, "connector_dropped_events_total", reason="buffer_full") == 0
-
-
-async def test_no_backlog_pause_during_an_outage_or_shutdown(metrics: Metrics) -> None:
-    writer, stored = FakeWriter(), []
-    writer.gate = asyncio.Event()
-    writer.failures = 1
-    publisher = make(writer, metrics, stored, max_batch=10)
-    task = asyncio.create_task(publisher.run())
-    publisher.submit(entry(0))
-    await writer.started.wait()
-    for n in range(1, 60):
-        publisher.submit(entry(n))
-    room = asyncio.create_task(publisher.wait_for_room())
-    await asyncio.sleep(0)
-    assert not room.done()
-    writer.gate.set()  # the write fails: Redis is out, the buffer takes over
-    await room
-    assert not publisher.healthy
-    assert not publisher.backlogged
-    publisher.close()  # (closing alone also ends a pause: shutdown must not wait on the reader)
-    await task
-    assert sum(len(batch) for batch in writer.batches) == 60
-
-
 async def test_dropped_ids_are_forgotten_so_a_redelivery_is_stored(metrics: Metrics) -> None:
     writer, stored = FakeWriter(), []
     forgotten.clear()
@@ -242,6 +194,33 @@ async def test_a_finished_run_forgets_its_ids(metrics: Metrics) -> None:
     assert writer.batches == [["evt-1", "evt-2", "evt-1"]]
 
 
+async def test_a_new_connection_forgets_the_ids_of_the_last(metrics: Metrics) -> None:
+    writer, stored = FakeWriter(), []
+    publisher = make(writer, metrics, stored)
+    publisher.submit(entry(1))
+    publisher.forget_ids()  # reconnected: a restarted engine numbers its events from 1 again
+    publisher.submit(entry(1))
+    publisher.close()
+    await publisher.run()
+    assert writer.batches == [["evt-1", "evt-1"]]
+    assert sample(metrics, "connector_duplicate_events_total") == 0
+
+
+async def test_a_dropped_original_lets_its_queued_redelivery_be_stored(metrics: Metrics) -> None:
+    writer, stored = FakeWriter(), []
+    forgotten.clear()
+    publisher = make(writer, metrics, stored, max_events=3)
+    publisher.submit(entry(0))
+    publisher.submit(entry(1))
+    publisher.submit(entry(0))  # a re-delivery, marked to write nothing
+    publisher.submit(entry(2))  # over the bound: the original evt-0 is dropped
+    publisher.close()
+    await publisher.run()
+    assert writer.batches == [["evt-1", "evt-0", "evt-2"]]  # evt-0 stored once, not lost
+    assert forgotten == [1]  # the original's ack is forgotten; the re-delivery is acked
+    assert [e.event_id for batch in stored for e in batch] == ["evt-1", "evt-0", "evt-2"]
+
+
 async def test_abandon_ends_a_retry_loop(metrics: Metrics) -> None:
     writer, stored = FakeWriter(), []
     writer.failures = 10**9
@@ -253,6 +232,25 @@ async def test_abandon_ends_a_retry_loop(metrics: Metrics) -> None:
     await task
     assert stored == []
     assert sample(metrics, "connector_dropped_events_total", reason="shutdown") == 1
+
+
+async def test_a_write_that_hangs_past_the_deadline_is_counted_when_cancelled(
+    metrics: Metrics,
+) -> None:
+    writer, stored = FakeWriter(), []
+    writer.gate = asyncio.Event()  # never set: Redis takes the request and never answers
+    publisher = make(writer, metrics, stored)
+    task = asyncio.create_task(publisher.run())
+    publisher.submit(entry(1))
+    await writer.started.wait()
+    publisher.submit(entry(2))
+    publisher.abandon()
+    task.cancel()  # what the shutdown drain does once its last second is over
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert stored == []
+    assert sample(metrics, "connector_dropped_events_total", reason="shutdown") == 2
+    assert publisher.buffered == 0
 
 
 def test_recent_ids_window() -> None:
