@@ -139,8 +139,8 @@ def _add_simulate(sub: Any) -> None:
     parser.set_defaults(func=command.run)
 
 
-def _add_lazy(sub: Any, name: str, module: str, help_text: str) -> None:
-    """Sub-commands whose modules are imported only when used (fast ``--help``)."""
+def _add_module_command(sub: Any, name: str, module: str, help_text: str) -> None:
+    """A sub-command defined by its own module (its ``configure_parser`` and ``run``)."""
     import importlib
 
     mod = importlib.import_module(module)
@@ -163,9 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_simulate(sub)
-    _add_lazy(sub, "demo", "connector.demo", "one-command tour: simulator + connector + consumer")
-    _add_lazy(sub, "consume", "connector.consume", "example downstream consumer (reads a group)")
-    _add_lazy(sub, "bench", "connector.bench.command", "benchmark against the Hello World loop")
+    _add_module_command(
+        sub, "demo", "connector.demo", "one-command tour: simulator + connector + consumer"
+    )
+    _add_module_command(
+        sub, "consume", "connector.consume", "example downstream consumer (reads a group)"
+    )
+    _add_module_command(
+        sub, "bench", "connector.bench.command", "benchmark against the Hello World loop"
+    )
     return parser
 
 
