@@ -14,24 +14,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from connector import __version__
+from connector.protocol import FRAME_TYPES
 
 # Bounded label values: every frame type the protocol defines, plus "other" for unknown ones.
-EVENT_TYPES = (
-    "candle",
-    "quote",
-    "order",
-    "trade",
-    "position",
-    "account",
-    "financing",
-    "connection",
-    "data_staleness",
-    "rate_limit",
-    "error",
-    "backtest_complete",
-    "ping",
-    "other",
-)
+EVENT_TYPES = (*FRAME_TYPES, "other")
 # What the publisher writes besides those: dead letters and the connector's own markers.
 PUBLISHED_TYPES = (*EVENT_TYPES, "deadletter", "system")
 

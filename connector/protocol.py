@@ -21,23 +21,23 @@ import orjson
 
 # Labels used for metrics and stream names; anything else is "other".
 MARKET_TYPES: Final = frozenset({"candle", "quote"})
-KNOWN_TYPES: Final = frozenset(
-    {
-        "candle",
-        "quote",
-        "order",
-        "trade",
-        "position",
-        "account",
-        "financing",
-        "connection",
-        "data_staleness",
-        "rate_limit",
-        "error",
-        "backtest_complete",
-        "ping",
-    }
+# Every frame type the protocol defines (metrics label values follow this order).
+FRAME_TYPES: Final = (
+    "candle",
+    "quote",
+    "order",
+    "trade",
+    "position",
+    "account",
+    "financing",
+    "connection",
+    "data_staleness",
+    "rate_limit",
+    "error",
+    "backtest_complete",
+    "ping",
 )
+KNOWN_TYPES: Final = frozenset(FRAME_TYPES)
 
 MAX_EVENT_ID_CHARS: Final = 256
 MAX_SYMBOL_CHARS: Final = 128

@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from connector.consumer import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
-from tests.support.harness import expected_entry, run_connector, wait_until
+from tests.support.harness import Running, expected_entry, run_connector, wait_until
 from tests.support.redis_cluster import RedisClusterProcesses
 
 SYMBOLS = ("AAPL", "MSFT", "BTCUSD", "F:EURUSD")
@@ -58,6 +58,27 @@ async def assert_backtest_stored_once(
         assert await entries(client, key) == wanted, key
 
 
+def market_published(app: Running) -> float:
+    return app.sample("connector_published_total", type="quote") + app.sample(
+        "connector_published_total", type="candle"
+    )
+
+
+async def assert_live_stored_once(cluster: RedisClusterProcesses, sim: Simulator) -> None:
+    """Every candle and quote the simulator sent, in its stream, once, in order."""
+    expected: dict[str, list[dict[str, str]]] = {}
+    for frame in sim.record.sent:
+        if frame.type in ("candle", "quote"):
+            stream, fields = expected_entry(frame.text or "")
+            expected.setdefault(stream, []).append(fields)
+    client = cluster_client(cluster)
+    try:
+        for stream, wanted in expected.items():
+            assert await entries(client, stream) == wanted, stream
+    finally:
+        await client.aclose()
+
+
 async def test_consumer_ack_backtest_on_a_cluster(redis_cluster: RedisClusterProcesses) -> None:
     config = SimConfig(mode="backtest", symbols=SYMBOLS, steps=150, seed=3)
     async with (
@@ -90,24 +111,8 @@ async def test_live_run_on_a_cluster(redis_cluster: RedisClusterProcesses) -> No
         run_connector(sim, redis_cluster.url, redis_cluster="true") as app,
     ):
         assert await sim.wait_finished() == "sent"
-        await wait_until(
-            lambda: (
-                app.sample("connector_published_total", type="quote")
-                + app.sample("connector_published_total", type="candle")
-                == 800
-            )
-        )
-    client = cluster_client(redis_cluster)
-    try:
-        expected: dict[str, list[dict[str, str]]] = {}
-        for frame in sim.record.sent:
-            if frame.type in ("candle", "quote"):
-                key, fields = expected_entry(frame.text or "")
-                expected.setdefault(key, []).append(fields)
-        for key, wanted in expected.items():
-            assert await entries(client, key) == wanted, key
-    finally:
-        await client.aclose()
+        await wait_until(lambda: market_published(app) == 800)
+    await assert_live_stored_once(redis_cluster, sim)
 
 
 async def wire_clients(cluster: RedisClusterProcesses) -> int:
@@ -141,25 +146,9 @@ async def test_a_slot_moved_mid_run_ask_and_moved_lose_and_duplicate_nothing(
         )
         await asyncio.to_thread(redis_cluster.finish_slot_move, move)  # now MOVED
         assert await sim.wait_finished() == "sent"
-        await wait_until(
-            lambda: (
-                app.sample("connector_published_total", type="quote")
-                + app.sample("connector_published_total", type="candle")
-                == 3000
-            )
-        )
+        await wait_until(lambda: market_published(app) == 3000)
     assert redis_cluster.master_of(key).port == move.target.port != move.source.port
-    client = cluster_client(redis_cluster)
-    try:
-        expected: dict[str, list[dict[str, str]]] = {}
-        for frame in sim.record.sent:
-            if frame.type in ("candle", "quote"):
-                stream, fields = expected_entry(frame.text or "")
-                expected.setdefault(stream, []).append(fields)
-        for stream, wanted in expected.items():
-            assert await entries(client, stream) == wanted, stream
-    finally:
-        await client.aclose()
+    await assert_live_stored_once(redis_cluster, sim)
 
 
 async def test_a_master_stopped_mid_run_loses_and_duplicates_nothing(
