@@ -28,7 +28,7 @@ from connector.http import OpsServer, Readiness
 from connector.lease import PrefixLease
 from connector.metrics import EVENT_TYPES, Metrics
 from connector.publisher import Publisher
-from connector.redis_client import RedisClient, make_redis
+from connector.redis_client import RedisClient, is_cluster, make_redis
 from connector.registry import StreamProvisioner
 from connector.resp import WireConnection
 from connector.router import Router
@@ -66,7 +66,7 @@ class Connector:
             self.redis,
             settings.stream_maxlen,
             self.keys.deadletter,
-            wire=None if settings.redis_cluster else self._open_wire,
+            wire=None if is_cluster(self.redis) else self._open_wire,
             cluster_wire=(
                 ClusterWire.for_cluster(self.redis, settings.redis_timeout)
                 if isinstance(self.redis, RedisCluster)
@@ -101,7 +101,12 @@ class Connector:
             settings.http_host, settings.http_port, self.metrics.registry, self.readiness
         )
         self.lease = (
-            PrefixLease(self.redis, self.keys.lease, settings.session_id)
+            PrefixLease(
+                self.redis,
+                self.keys.lease,
+                settings.session_id,
+                write_timeout=settings.redis_timeout,
+            )
             if settings.prefix_lock
             else None
         )
@@ -144,7 +149,7 @@ class Connector:
             policy=settings.consumer_timeout_policy,
             check_interval=settings.consumer_check_interval,
             known_streams=self.writer.known_streams,
-            wire=None if settings.redis_cluster else self._open_wire,
+            wire=None if is_cluster(self.redis) else self._open_wire,
         )
         return self.consumer_gate
 
@@ -330,11 +335,13 @@ class Connector:
         }
         if self.consumer_gate is not None:
             checks["consumers"] = not self.consumer_gate.overdue
+        detail = {}
         if self.lease is not None and self.lease.holder is not None:
             checks["prefix"] = False
-        detail = {}
-        if not checks.get("prefix", True):
-            detail["prefix"] = f"stream prefix held by {self.lease.holder if self.lease else ''}"
+            detail["prefix"] = f"stream prefix held by {self.lease.holder}"
+        elif self.lease is not None and self.lease.held and not self.lease.confirmed():
+            checks["prefix"] = False  # writes wait (see PrefixLease.confirmed)
+            detail["prefix"] = "stream prefix lease not confirmed (renewals fail)"
         if not checks.get("consumers", True):
             detail["consumers"] = "confirmation overdue (CONSUMER_ACK_TIMEOUT, policy hold)"
         if not checks["trading_api"]:

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from connector.resp import Endpoint, WireConnection
 
@@ -55,10 +56,16 @@ class ClusterWire:
         """False when the next attempt should go through redis-py (see the module's note)."""
         return not self.stale and bool(self._cluster.nodes_manager.slots_cache)
 
-    def settled(self) -> None:
-        """An attempt through redis-py went through: its slot map is current again."""
+    async def settled(self) -> None:
+        """An attempt through redis-py went through: its slot map is current again. Connections
+        to nodes that are no longer masters (a failover, a node removed) are closed."""
         self.stale = False
         self._owner.clear()
+        masters = {(node.host, int(node.port)) for node in self._cluster.get_primaries()}
+        for address in [address for address in self._wires if address not in masters]:
+            wire = self._wires.pop(address)
+            with contextlib.suppress(Exception):
+                await wire.close()
 
     async def execute(self, commands: Sequence[tuple[str, bytes]]) -> list[Any]:
         """One reply per command, in order. A master that failed (connection, timeout) has its
@@ -67,7 +74,7 @@ class ClusterWire:
         try:
             for index, (key, _) in enumerate(commands):
                 groups.setdefault(self._address(key), []).append(index)
-        except RedisError:  # a slot not covered (yet): redis-py will sort it out
+        except (RedisError, RedisClusterException):  # a slot not covered (yet): redis-py's turn
             self.stale = True
             raise
         sent = [
@@ -102,7 +109,12 @@ class ClusterWire:
     async def _send(self, address: Address, parts: list[bytes]) -> list[Any]:
         wire = self._wires.get(address)
         if wire is None:
-            wire = self._wires[address] = await self._connect(address)
+            try:
+                wire = self._wires[address] = await self._connect(address)
+            except ResponseError as exc:
+                # Refused at AUTH/SELECT: a problem of this connection, not of the entries
+                # (which must not be taken for refused XADDs): try again through redis-py.
+                raise RedisConnectionError(f"{address[0]}:{address[1]}: {exc}") from exc
         try:
             return await wire.execute(b"".join(parts), len(parts))
         except BaseException:

@@ -3,8 +3,9 @@
 Two connectors writing the same prefix would mix two backtests in one set of streams and corrupt
 both. At start-up the connector takes the lease ``{prefix}:lease`` (``SET NX PX``) before it
 opens its Trading API session; while another live connector holds it, it waits (and says so, and
-is not ready). The holder renews the lease every ``ttl / 3`` and deletes it on a clean stop; a
-crashed holder's lease expires after ``ttl``. Give each concurrent session its own
+is not ready). The holder renews the lease well within its ``ttl`` and deletes it on a clean stop;
+a crashed holder's lease expires after ``ttl``. Writes are allowed only while the lease is surely
+still ours (:meth:`PrefixLease.confirmed`). Give each concurrent session its own
 ``CONNECTOR_STREAM_PREFIX`` (or turn the lock off where symbols are split on purpose).
 """
 
@@ -23,7 +24,8 @@ from connector.redis_client import RedisClient
 log = logging.getLogger(__name__)
 
 LEASE_TTL_MS = 15_000
-# Writes stop this long before the lease could have expired without our renewals reaching Redis.
+# Writes stop this long (plus the time one write may take) before the lease could have expired
+# without our renewals reaching Redis.
 SAFETY_MARGIN_S = 1.0
 RETRY_DELAY_S = 0.5
 
@@ -51,9 +53,16 @@ class PrefixLease:
         owner: str,
         ttl_ms: int = LEASE_TTL_MS,
         clock: Callable[[], float] = time.monotonic,
+        write_timeout: float = 5.0,
     ):
         self._redis = redis
         self._clock = clock
+        ttl_s = ttl_ms / 1000
+        # A write allowed now may still reach Redis up to its timeout later: stop allowing them
+        # that long (plus a margin) before the lease could lapse, and renew well before that.
+        self._margin_s = min(write_timeout + SAFETY_MARGIN_S, ttl_s / 2)
+        self._renew_every_s = max(RETRY_DELAY_S, min(ttl_s / 3, (ttl_s - self._margin_s) / 2))
+        self._renew_failures = 0
         self.key = key
         self.owner = owner
         self._ttl_ms = ttl_ms
@@ -89,7 +98,7 @@ class PrefixLease:
         """True while no other connector can hold the prefix: writes wait while this is false
         (renewals failing for nearly a TTL: another connector may take over any moment)."""
         ttl_s = self._ttl_ms / 1000
-        return self.held and self._clock() < self._confirmed_at + ttl_s - SAFETY_MARGIN_S
+        return self.held and self._clock() < self._confirmed_at + ttl_s - self._margin_s
 
     async def _try_take(self) -> bool:
         sent_at = self._clock()
@@ -99,11 +108,11 @@ class PrefixLease:
             return True
         raw = await self._redis.get(self.key)
         current = raw.decode() if isinstance(raw, bytes) else raw
-        if current == self.owner and await self._renew(
-            keys=[self.key], args=[self.owner, self._ttl_ms]
-        ):
-            self.held, self.holder, self._confirmed_at = True, None, sent_at
-            return True
+        if current == self.owner:
+            if await self._renew(keys=[self.key], args=[self.owner, self._ttl_ms]):
+                self.held, self.holder, self._confirmed_at = True, None, sent_at
+                return True
+            current = None  # it expired in between: nobody holds it, try again
         self.held, self.holder = False, current
         return False
 
@@ -114,14 +123,17 @@ class PrefixLease:
         and it took over), ``on_lost(holder)`` is called and renewing stops: two sessions must
         not write one set of streams.
         """
-        delay = self._ttl_ms / 3000
+        delay = self._renew_every_s
         while True:
             await asyncio.sleep(delay)
-            delay = self._ttl_ms / 3000
+            delay = self._renew_every_s
             sent_at = self._clock()
             try:
                 if await self._renew(keys=[self.key], args=[self.owner, self._ttl_ms]):
                     self.held, self._confirmed_at = True, sent_at
+                    if self._renew_failures:
+                        log.info("stream prefix lease renewed again", extra={"lease": self.key})
+                        self._renew_failures = 0
                     continue
                 if not await self._try_take() and self.holder is not None:
                     log.error(
@@ -130,8 +142,14 @@ class PrefixLease:
                     )
                     on_lost(self.holder)
                     return
-            except Exception:  # Redis trouble is reported by the publisher and health check
-                delay = RETRY_DELAY_S  # writes may be waiting for a confirmed lease
+            except Exception as exc:  # try again soon: writes may be waiting for a confirmed lease
+                delay = RETRY_DELAY_S
+                self._renew_failures += 1
+                if self._renew_failures == 1:
+                    log.warning(
+                        "cannot renew the stream prefix lease",
+                        extra={"lease": self.key, "error": f"{type(exc).__name__}: {exc}"[:200]},
+                    )
                 continue
 
     async def release(self) -> None:

@@ -171,8 +171,10 @@ class Publisher:
     def forget_ids(self) -> None:
         """A new connection: the server never re-sends what it sent before (PROTOCOL.md), so ids
         seen on earlier connections say nothing about the new one's (a restarted engine may
-        number its events from the start again)."""
+        number its events from the start again). Re-deliveries still queued from the last
+        connection are no longer matched to an id of the new one."""
         self._recent.clear()
+        self._queued_duplicates.clear()
 
     # -- writer task ---------------------------------------------------------------------------
 

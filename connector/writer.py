@@ -192,17 +192,18 @@ class StreamWriter:
                 # Redirected (or a master failed): those entries again at once through redis-py,
                 # which follows redirections and refreshes the slot map.
                 again = [i for i, reply in enumerate(replies) if _misdirected(reply)]
-                retried = await self._xadd_pipeline([], [entries[i] for i in again])
-                cluster_wire.settled()
-                for index, reply in zip(again, retried, strict=True):
-                    replies[index] = reply
+                if again:
+                    retried = await self._xadd_pipeline([], [entries[i] for i in again])
+                    await cluster_wire.settled()
+                    for index, reply in zip(again, retried, strict=True):
+                        replies[index] = reply
             return replies
         if self._wire_factory is not None:
             replies = await self._xadd_wire(prepared, entries)
         else:
             replies = await self._xadd_pipeline(prepared, entries)
             if cluster_wire is not None:
-                cluster_wire.settled()
+                await cluster_wire.settled()
         if epoch == self._provision_epoch:
             self._note_provisioned(owners, replies[: len(prepared)], entries)
         return replies[len(prepared) :]

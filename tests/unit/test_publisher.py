@@ -261,3 +261,19 @@ def test_recent_ids_window() -> None:
     recent.check_and_add("c")  # evicts "a"
     assert not recent.check_and_add("a")
     assert not RecentIds(0).check_and_add("x")
+
+
+async def test_a_new_connection_does_not_match_old_redeliveries(metrics: Metrics) -> None:
+    writer, stored = FakeWriter(), []
+    publisher = make(writer, metrics, stored, max_events=3)
+    publisher.submit(entry(0))
+    publisher.submit(entry(0))  # a re-delivery on the old connection
+    publisher.forget_ids()  # reconnected; the new engine run numbers from evt-0 again
+    publisher.submit(entry(1))
+    publisher.submit(entry(2))  # over the bound: the old evt-0 original is dropped
+    publisher.close()
+    await publisher.run()
+    # The old re-delivery is not revived on behalf of the new connection's ids: the new
+    # connection's events are stored as they came, the old evt-0 is lost (and counted).
+    assert writer.batches == [["evt-1", "evt-2"]]
+    assert sample(metrics, "connector_dropped_events_total", reason="buffer_full") == 1
