@@ -28,7 +28,7 @@ from connector.http import OpsServer, Readiness
 from connector.lease import PrefixLease
 from connector.metrics import EVENT_TYPES, Metrics
 from connector.publisher import Publisher
-from connector.redis_client import RedisClient, is_cluster, make_redis
+from connector.redis_client import RedisClient, make_redis
 from connector.registry import StreamProvisioner
 from connector.resp import WireConnection
 from connector.router import Router
@@ -66,7 +66,7 @@ class Connector:
             self.redis,
             settings.stream_maxlen,
             self.keys.deadletter,
-            wire=None if is_cluster(self.redis) else self._open_wire,
+            wire=None if isinstance(self.redis, RedisCluster) else self._open_wire,
             cluster_wire=(
                 ClusterWire.for_cluster(self.redis, settings.redis_timeout)
                 if isinstance(self.redis, RedisCluster)
@@ -149,7 +149,7 @@ class Connector:
             policy=settings.consumer_timeout_policy,
             check_interval=settings.consumer_check_interval,
             known_streams=self.writer.known_streams,
-            wire=None if is_cluster(self.redis) else self._open_wire,
+            wire=None if isinstance(self.redis, RedisCluster) else self._open_wire,
         )
         return self.consumer_gate
 

@@ -27,7 +27,14 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from connector.resp import Endpoint, WireConnection
 
 Address = tuple[str, int]
-_REDIRECTIONS = ("MOVED", "ASK")
+
+
+def misdirected(reply: Any) -> bool:
+    """A reply that says "not here" (MOVED/ASK), or none at all (the master failed): the entry
+    goes through redis-py, which follows redirections and refreshes the slot map."""
+    if isinstance(reply, ResponseError):
+        return str(reply).startswith(("MOVED", "ASK"))
+    return isinstance(reply, BaseException)
 
 
 class ClusterWire:
@@ -92,7 +99,7 @@ class ClusterWire:
                     results[index] = outcome
                 continue
             for index, reply in zip(indices, outcome, strict=True):
-                if isinstance(reply, ResponseError) and str(reply).startswith(_REDIRECTIONS):
+                if misdirected(reply):
                     self.stale = True
                 results[index] = reply
         return results

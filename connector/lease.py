@@ -60,8 +60,9 @@ class PrefixLease:
         ttl_s = ttl_ms / 1000
         # A write allowed now may still reach Redis up to its timeout later: stop allowing them
         # that long (plus a margin) before the lease could lapse, and renew well before that.
-        self._margin_s = min(write_timeout + SAFETY_MARGIN_S, ttl_s / 2)
-        self._renew_every_s = max(RETRY_DELAY_S, min(ttl_s / 3, (ttl_s - self._margin_s) / 2))
+        margin_s = min(write_timeout + SAFETY_MARGIN_S, ttl_s / 2)
+        self._valid_for_s = ttl_s - margin_s  # after a confirmed take or renewal was sent
+        self._renew_every_s = max(RETRY_DELAY_S, min(ttl_s / 3, self._valid_for_s / 2))
         self._renew_failures = 0
         self.key = key
         self.owner = owner
@@ -97,8 +98,7 @@ class PrefixLease:
     def confirmed(self) -> bool:
         """True while no other connector can hold the prefix: writes wait while this is false
         (renewals failing for nearly a TTL: another connector may take over any moment)."""
-        ttl_s = self._ttl_ms / 1000
-        return self.held and self._clock() < self._confirmed_at + ttl_s - self._margin_s
+        return self.held and self._clock() < self._confirmed_at + self._valid_for_s
 
     async def _try_take(self) -> bool:
         sent_at = self._clock()

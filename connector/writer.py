@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from connector.cluster_wire import ClusterWire
+from connector.cluster_wire import ClusterWire, misdirected
 from connector.redis_client import RedisClient, is_cluster
 from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 from connector.streams import Entry
@@ -188,15 +188,13 @@ class StreamWriter:
         if cluster_wire is not None and not prepared and cluster_wire.usable():
             encode = self._encode_xadd
             replies = await cluster_wire.execute([(e.key or "", encode(e)) for e in entries])
-            if cluster_wire.stale:
-                # Redirected (or a master failed): those entries again at once through redis-py,
-                # which follows redirections and refreshes the slot map.
-                again = [i for i, reply in enumerate(replies) if _misdirected(reply)]
-                if again:
-                    retried = await self._xadd_pipeline([], [entries[i] for i in again])
-                    await cluster_wire.settled()
-                    for index, reply in zip(again, retried, strict=True):
-                        replies[index] = reply
+            # Redirected (or a master failed): those entries again at once through redis-py.
+            again = [i for i, reply in enumerate(replies) if misdirected(reply)]
+            if again:
+                retried = await self._xadd_pipeline([], [entries[i] for i in again])
+                await cluster_wire.settled()
+                for index, reply in zip(again, retried, strict=True):
+                    replies[index] = reply
             return replies
         if self._wire_factory is not None:
             replies = await self._xadd_wire(prepared, entries)
@@ -360,13 +358,6 @@ class StreamWriter:
         entry.label = "deadletter"
         entry.entry_id = None
         entry.blob = None
-
-
-def _misdirected(reply: Any) -> bool:
-    """A reply that says "not here" (MOVED/ASK), or no reply at all (the master failed)."""
-    if isinstance(reply, ResponseError):
-        return str(reply).startswith(("MOVED", "ASK"))
-    return isinstance(reply, BaseException)
 
 
 def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:

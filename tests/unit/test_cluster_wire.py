@@ -9,8 +9,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from connector.cluster_wire import ClusterWire
-from connector.writer import _misdirected
+from connector.cluster_wire import ClusterWire, misdirected
 
 
 class FakeCluster:
@@ -71,7 +70,7 @@ async def test_a_master_refusing_the_connection_setup_is_a_connection_failure() 
     assert isinstance(replies[0], RedisConnectionError)
     assert replies[1] == b"2-0"
     assert wire.stale
-    assert [_misdirected(reply) for reply in replies] == [True, False]
+    assert [misdirected(reply) for reply in replies] == [True, False]
 
 
 async def test_redirections_mark_the_map_stale_and_settling_drops_old_masters() -> None:
@@ -84,8 +83,8 @@ async def test_redirections_mark_the_map_stale_and_settling_drops_old_masters() 
 
     wire._connect = connect  # type: ignore[method-assign]
     replies = await wire.execute([("a1", b"A1"), ("b1", b"B1")])
-    assert _misdirected(replies[0])
-    assert not _misdirected(replies[1])
+    assert misdirected(replies[0])
+    assert not misdirected(replies[1])
     assert wire.stale
     assert not wire.usable()
     await wire.settled()  # redis-py took the attempt: its map is current; 10.0.0.1 is gone
