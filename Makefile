@@ -1,45 +1,66 @@
 # Every target sets itself up: a fresh machine needs only python3 (>= 3.11) and make.
+# Everything is installed from the lock (requirements/*.txt, exported from uv.lock, with hashes):
+# the same versions today and in a year, and the same ones the container image ships.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check --quiet
+TIMED  := tools/timed
 PYTEST_ARGS ?=
+# The demo needs only the runtime; the tests and the checkers come on top (dev).
+RUNTIME := $(VENV)/.runtime-installed
+DEV     := $(VENV)/.dev-installed
 
-.PHONY: demo test check lint typecheck unit integration e2e bench clean
+.PHONY: demo test check lint typecheck unit integration e2e bench lock clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (found %s); set PYTHON=..." % sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
 
-demo: $(STAMP)
+# --no-build-isolation: the project is built with the locked setuptools, not today's.
+$(RUNTIME): $(BIN)/python pyproject.toml requirements/runtime.txt requirements/build.txt
+	$(PIP) install --require-hashes -r requirements/build.txt -r requirements/runtime.txt
+	$(PIP) install --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(DEV): $(RUNTIME) requirements/dev.txt bench/pyproject.toml
+	$(PIP) install --require-hashes -r requirements/build.txt -r requirements/dev.txt
+	$(PIP) install --no-deps --no-build-isolation -e . -e ./bench
+	@touch $@
+
+demo: $(RUNTIME)
 	$(BIN)/connector demo
 
-test: check
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+test: $(DEV)
+	@$(TIMED) lint $(MAKE) --no-print-directory lint
+	@$(TIMED) typecheck $(MAKE) --no-print-directory typecheck
+	@$(TIMED) tests $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 check: lint typecheck
 
-lint: $(STAMP)
-	$(BIN)/ruff check connector tests
-	$(BIN)/ruff format --check connector tests
+lint: $(DEV)
+	$(BIN)/ruff check connector bench tests
+	$(BIN)/ruff format --check connector bench tests
 
-typecheck: $(STAMP)
+typecheck: $(DEV)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(DEV)
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(DEV)
 	$(BIN)/python -m pytest -q tests/integration tests/faults
 
-e2e: $(STAMP)
+e2e: $(DEV)
 	$(BIN)/python -m pytest -q tests/e2e
 
-bench: $(STAMP)
+bench: $(DEV)
 	$(BIN)/connector bench
 
+# After editing dependencies in pyproject.toml (needs the package index); UPGRADE=1 refreshes
+# every pin to the newest allowed release.
+lock: $(DEV)
+	UV=$(BIN)/uv tools/lock $(if $(UPGRADE),--upgrade)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build *.egg-info bench/*.egg-info

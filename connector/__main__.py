@@ -1,5 +1,5 @@
 """``python -m connector`` is the ``connector`` command."""
 
-from connector.cli import main
+from connector.launch import main
 
 raise SystemExit(main())

@@ -25,6 +25,7 @@ from connector.cluster_wire import ClusterWire
 from connector.config import Settings
 from connector.confirm import ConsumerGate
 from connector.http import OpsServer, Readiness
+from connector.launch import take_early_signals
 from connector.lease import PrefixLease
 from connector.metrics import EVENT_TYPES, Metrics
 from connector.publisher import Publisher
@@ -157,6 +158,9 @@ class Connector:
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
+        if self._stop_requested.is_set():  # a stop signal while the program was starting
+            log.info("stopped before starting", extra={"reason": self._stop_reason})
+            return 0
         self.metrics.set_info(self.settings.mode, self.settings.ack_mode)
         log.info("starting", extra={"version": __version__, "settings": self.settings.describe()})
         await self.ops.start()
@@ -240,6 +244,9 @@ class Connector:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # Handlers first, then the record: a signal in between is not lost either.
+        for sig in take_early_signals():  # received while the program was starting
+            self._on_signal(sig)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from connector import __version__, loop
+from connector import __version__, launch, loop
 from connector.config import ENV_PREFIX, ConfigError, Settings, env_name, flag_name, load_settings
 
 EXIT_CONFIG = 2
@@ -169,15 +169,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_module_command(
         sub, "consume", "connector.consume", "example downstream consumer (reads a group)"
     )
-    _add_module_command(
-        sub, "bench", "connector.bench.command", "benchmark against the Hello World loop"
-    )
+    _add_bench(sub)
     return parser
+
+
+BENCH_MISSING = (
+    "connector bench: the benchmark harness is not installed here (it is not part of the "
+    "connector's package or image). From a checkout: make bench, or "
+    "pip install -e . -e ./bench"
+)
+
+
+def _add_bench(sub: Any) -> None:
+    """``connector bench`` lives in its own distribution (``bench/``), so that it never ships
+    in the production image: say how to get it where it is missing."""
+    import importlib.util
+
+    help_text = "benchmark against the Hello World loop (development installs)"
+    if importlib.util.find_spec("connector_bench") is not None:
+        _add_module_command(sub, "bench", "connector_bench.command", help_text)
+        return
+    parser = sub.add_parser("bench", help=help_text, add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+    parser.set_defaults(func=_bench_missing)
+
+
+def _bench_missing(args: argparse.Namespace) -> int:
+    print(BENCH_MISSING, file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "run":
+        # Only the service handles stop signals itself (see connector.launch).
+        launch.restore_default_signals()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

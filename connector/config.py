@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -308,11 +309,35 @@ class ConfigError(Exception):
     """Start-up configuration problem; ``str()`` is the one-line user message."""
 
 
+SECRET_FILE_MAX_BYTES = 64 * 1024
+
+
 def _read_secret_file(path: Path, variable: str) -> str:
+    """The secret in ``path``: a regular file of sane size (a FIFO would hang start-up, a
+    device or a wrong path read whole could exhaust memory), read as UTF-8, stripped."""
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        # Checked before opening: opening a FIFO would block until someone writes to it.
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{variable}: {path} is not a regular file")
+        if info.st_size > SECRET_FILE_MAX_BYTES:
+            raise ConfigError(
+                f"{variable}: {path} is {info.st_size} bytes; a secret file holds at most "
+                f"{SECRET_FILE_MAX_BYTES} (is it the right file?)"
+            )
+        with path.open("rb") as handle:
+            data = handle.read(SECRET_FILE_MAX_BYTES + 1)
+    except PermissionError:
+        raise ConfigError(
+            f"{variable}: cannot read {path}: permission denied; the connector runs as UID "
+            f"{os.getuid()}: make the file readable by it (mode 0444, or owned by that user)"
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{variable}: {path} is empty")
     return value

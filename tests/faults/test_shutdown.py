@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
@@ -94,3 +95,53 @@ async def test_a_second_signal_exits_at_once(redis_server: RedisServer) -> None:
             assert await asyncio.wait_for(proc.wait(), 30) == 1
             messages = [line["msg"] for line in await log_lines(proc)]
     assert messages[-1] == "second signal: exiting at once"
+
+
+def _start_with_an_early_signal(sig: signal.Signals, *args: str) -> list[str]:
+    """``connector ARGS`` as the entry point starts it, with ``sig`` arriving while the program
+    is still importing (before any command has installed handlers of its own)."""
+    script = (
+        "import signal, sys\n"
+        "from connector import launch\n"
+        "launch.record_early_signals()\n"
+        f"signal.raise_signal(signal.{sig.name})\n"
+        "from connector.cli import main\n"
+        f"sys.exit(main({list(args)!r}))\n"
+    )
+    return [sys.executable, "-c", script]
+
+
+async def test_a_stop_signal_while_starting_is_not_lost(redis_server: RedisServer) -> None:
+    """In a container the stop may come while Python still imports (as PID 1 a signal without
+    a handler would be ignored): it is kept, and the service stops cleanly at once."""
+    env = service_env("ws://127.0.0.1:9/v1/ws", redis_server.url)
+    process = await asyncio.create_subprocess_exec(
+        *_start_with_an_early_signal(signal.SIGTERM, "run"),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+    messages = [line["msg"] for line in await log_lines(process)]
+    assert messages == ["stopping", "stopped before starting"], messages  # no session, no lease
+    assert not await Redis.from_url(redis_server.url).exists("md:lease")
+
+
+async def test_other_commands_get_an_early_signal_delivered_as_usual() -> None:
+    """Only `run` handles stop signals itself; the rest behave as any Python program."""
+    terminated = await asyncio.create_subprocess_exec(
+        *_start_with_an_early_signal(signal.SIGTERM, "simulate", "--port", "0"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(terminated.wait(), 30) == -signal.SIGTERM
+    interrupted = await asyncio.create_subprocess_exec(
+        *_start_with_an_early_signal(signal.SIGINT, "simulate", "--port", "0"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(interrupted.wait(), 30) == -signal.SIGINT

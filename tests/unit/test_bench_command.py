@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.bench import chart
-from connector.bench.command import (
+from connector_bench import chart
+from connector_bench.command import (
     DEFAULT,
     QUICK,
     configure_parser,
@@ -17,7 +17,7 @@ from connector.bench.command import (
     selection,
     symbol_names,
 )
-from connector.bench.results import RunResult, medians
+from connector_bench.results import RunResult, medians
 
 
 def parse(*argv: str) -> argparse.Namespace:

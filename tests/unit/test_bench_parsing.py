@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from connector.bench.baseline import stream_for
-from connector.bench.machine import cpu_model, source_digest
-from connector.bench.profile import (
+from connector.sim.inbound import Ack, parse_client_frame
+from connector_bench.baseline import stream_for
+from connector_bench.machine import cpu_model, source_digest
+from connector_bench.profile import (
     JSON_LAYER,
     LAYERS,
     classify,
@@ -21,16 +22,15 @@ from connector.bench.profile import (
     parse_collapsed,
     top_functions,
 )
-from connector.bench.progress import id_millis, summarize_infos
-from connector.bench.rawclient import ack_frame, event_id_of
-from connector.bench.scrape import histogram_quantile, parse_prometheus, total
-from connector.bench.simproc import (
+from connector_bench.progress import id_millis, summarize_infos
+from connector_bench.rawclient import ack_frame, event_id_of
+from connector_bench.scrape import histogram_quantile, parse_prometheus, total
+from connector_bench.simproc import (
     event_ack_latencies,
     first_connection_wall,
     sent_span,
     step_stats,
 )
-from connector.sim.inbound import Ack, parse_client_frame
 
 METRICS = """# HELP connector_dropped_events_total Events dropped before storage, by reason.
 # TYPE connector_dropped_events_total counter

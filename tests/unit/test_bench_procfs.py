@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.bench.procfs import kb_to_mb, parse_stat, parse_status, read_sample
+from connector_bench.procfs import kb_to_mb, parse_stat, parse_status, read_sample
 
 # A real line's shape; comm "(my (odd) name)" contains spaces and parentheses.
 STAT = (

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.bench.report import (
+from connector_bench.report import (
     document,
     format_table,
     latency_cell,
@@ -17,7 +17,7 @@ from connector.bench.report import (
     render,
     soak_line,
 )
-from connector.bench.results import (
+from connector_bench.results import (
     Medians,
     RunResult,
     baseline_ratio,
@@ -25,7 +25,7 @@ from connector.bench.results import (
     median_row,
     medians,
 )
-from connector.bench.stats import summarize_latencies
+from connector_bench.stats import summarize_latencies
 
 
 def run(scenario: str, client: str, index: int = 0, **values: Any) -> RunResult:

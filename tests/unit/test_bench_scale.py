@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from connector.bench import chart
-from connector.bench.cluster import cluster_state_ok, parse_cluster_info
-from connector.bench.command import configure_parser, scale_plan_from, selection
-from connector.bench.procfs import MachineCpu, busy_cores, parse_machine_cpu
-from connector.bench.progress import GroupedProgress, Stored, StreamProgress, total_stored
-from connector.bench.scale import ScalePlan, connector_symbols, prefix_of
-from connector.bench.scaling import (
+from connector_bench import chart
+from connector_bench.cluster import cluster_state_ok, parse_cluster_info
+from connector_bench.command import configure_parser, scale_plan_from, selection
+from connector_bench.procfs import MachineCpu, busy_cores, parse_machine_cpu
+from connector_bench.progress import GroupedProgress, Stored, StreamProgress, total_stored
+from connector_bench.scale import ScalePlan, connector_symbols, prefix_of
+from connector_bench.scaling import (
     ConnectorFigures,
     ScaleRun,
     render_scale,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connector.bench.stats import (
+from connector_bench.stats import (
     ack_latencies,
     median,
     median_or_none,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +106,44 @@ def test_api_url_credentials_and_tokens_are_masked(monkeypatch: pytest.MonkeyPat
     shown = settings.describe()["api_url"]
     assert shown == "wss://bot:***@gw:8080/v1/ws?token=***&v=***"
     assert {"pw-123456", "tk-abcdef"} <= set(settings.secrets())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: os.mkfifo(p), "is not a regular file"),  # opening it would block start-up
+        (lambda p: p.mkdir(), "is not a regular file"),
+        (lambda p: p.write_bytes(b"k" * 70_000), "70000 bytes; a secret file holds at most"),
+        (lambda p: p.write_bytes(b"\xff\xfe"), "is not UTF-8 text"),
+        (lambda p: p.write_text(" \n"), "is empty"),
+    ],
+)
+def test_secret_files_must_be_small_regular_text_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Any, message: str
+) -> None:
+    path = tmp_path / "secret"
+    make(path)
+    monkeypatch.setenv("CONNECTOR_REDIS_PASSWORD_FILE", str(path))
+    with pytest.raises(ConfigError, match=f"CONNECTOR_REDIS_PASSWORD_FILE: {path}.*{message}"):
+        load_settings()
+
+
+def test_an_unreadable_secret_file_says_which_user_must_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The container case: a 0600 root-owned file, read by the connector's own user. (Root
+    reads anything, so the refusal is the operating system's answer, played here.)"""
+    path = tmp_path / "key"
+    path.write_text("sk-1")
+
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)
+    monkeypatch.setenv("CONNECTOR_API_KEY_FILE", str(path))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"CONNECTOR_API_KEY_FILE: cannot read {path}: permission denied; the connector runs as "
+        f"UID {os.getuid()}: make the file readable by it (mode 0444, or owned by that user)"
+    )

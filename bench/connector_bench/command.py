@@ -34,12 +34,12 @@ from typing import Any
 
 import orjson
 
-from connector.bench import chart, machine
-from connector.bench.report import document, machine_line, profile_block, render
-from connector.bench.results import SCENARIOS, RunResult, evaluate_targets, medians
-from connector.bench.scale import ScalePlan, ScaleRunner
-from connector.bench.scaling import ScaleRun, render_scale, scale_medians
-from connector.bench.scenarios import Plan, Runner
+from connector_bench import chart, machine
+from connector_bench.report import document, machine_line, profile_block, render
+from connector_bench.results import SCENARIOS, RunResult, evaluate_targets, medians
+from connector_bench.scale import ScalePlan, ScaleRunner
+from connector_bench.scaling import ScaleRun, render_scale, scale_medians
+from connector_bench.scenarios import Plan, Runner
 
 #: Scenarios run only when named (not part of the default selection).
 EXTRA_SCENARIOS: tuple[str, ...] = ("scale",)

@@ -1,6 +1,6 @@
 """A client that only receives: the simulator's raw send rate, with no Redis at all.
 
-``python -m connector.bench.rawclient WS_URL --count N [--ack none|each|batch] [--batch K]``
+``python -m connector_bench.rawclient WS_URL --count N [--ack none|each|batch] [--batch K]``
 
 * ``--ack none`` (live): read frames and count them, nothing else (not even JSON parsing).
 * ``--ack each``: parse each frame and acknowledge its id at once, in its own ``event_ack``.
@@ -95,7 +95,7 @@ async def run(uri: str, count: int, ack: str, batch: int) -> dict[str, float | i
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m connector.bench.rawclient",
+        prog="python -m connector_bench.rawclient",
         description="Receive-only client measuring the simulator's raw send rate.",
     )
     parser.add_argument("url")

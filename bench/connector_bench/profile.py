@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from connector.bench.procs import Managed, Processes
+from connector_bench.procs import Managed, Processes
 
 JSON_LAYER = "json (orjson)"
 

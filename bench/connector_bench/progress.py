@@ -17,7 +17,7 @@ from redis import Redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from connector.bench.procs import BenchError
+from connector_bench.procs import BenchError
 
 
 def id_millis(entry_id: bytes | str | None) -> int | None:

@@ -16,22 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connector.bench.clients import ClientProcess, connector_keys, start_connector
-from connector.bench.cluster import LocalCluster, start_cluster
-from connector.bench.procfs import busy_cores, kb_to_mb, read_machine_cpu
-from connector.bench.procs import BenchError, Managed, Processes, start_redis
-from connector.bench.profile import Profiler
-from connector.bench.progress import GroupedProgress, StreamProgress, wait_stored
-from connector.bench.scaling import ConnectorFigures, ScaleRun
-from connector.bench.scenarios import Log, Plan, Window
-from connector.bench.simproc import (
+from connector.localredis import free_port
+from connector_bench.clients import ClientProcess, connector_keys, start_connector
+from connector_bench.cluster import LocalCluster, start_cluster
+from connector_bench.procfs import busy_cores, kb_to_mb, read_machine_cpu
+from connector_bench.procs import BenchError, Managed, Processes, start_redis
+from connector_bench.profile import Profiler
+from connector_bench.progress import GroupedProgress, StreamProgress, wait_stored
+from connector_bench.scaling import ConnectorFigures, ScaleRun
+from connector_bench.scenarios import Log, Plan, Window
+from connector_bench.simproc import (
     counts,
     fetch_report,
     first_connection_wall,
     launch_simulator,
     wait_listening,
 )
-from connector.localredis import free_port
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from connector.bench.report import format_table, number
-from connector.bench.stats import median_or_none, rate
+from connector_bench.report import format_table, number
+from connector_bench.stats import median_or_none, rate
 
 TOPOLOGIES: tuple[str, ...] = ("single", "cluster")
 

@@ -1,7 +1,7 @@
 """A private local Redis Cluster for the scale scenario: redis-server processes joined with
 ``redis-cli --cluster create``.
 
-Every node is a child of the run's :class:`~connector.bench.procs.Processes` (own process group,
+Every node is a child of the run's :class:`~connector_bench.procs.Processes` (own process group,
 parent-death signal, stopped at the end of the run like every other child), and so is the
 short-lived ``redis-cli``. Nodes have no persistence (like the single redis-server of the other
 scenarios); the cluster bus port is chosen explicitly because ``port + 10000`` may be taken or
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import RedisError
 
-from connector.bench.procs import BenchError, Managed, Processes, start_redis
 from connector.localredis import free_port
+from connector_bench.procs import BenchError, Managed, Processes, start_redis
 
 NODE_TIMEOUT_MS = 5000
 CREATE_TIMEOUT = 60.0

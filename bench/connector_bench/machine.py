@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import connector
+
 PACKAGES = (
     "connector",
     "websockets",
@@ -61,7 +63,7 @@ def source_digest(package_dir: Path | None = None) -> str:
     Taken at the start and the end of an invocation: when they differ, someone edited the code
     while it was measured and the results mix versions.
     """
-    root = package_dir or Path(__file__).resolve().parent.parent
+    root = package_dir or Path(connector.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" in path.parts:

@@ -1,6 +1,6 @@
 """The baseline: the Trading API documentation's "Hello World" client loop, plus Redis.
 
-``python -m connector.bench.baseline WS_URL REDIS_URL [--quiet]``
+``python -m connector_bench.baseline WS_URL REDIS_URL [--quiet]``
 
 This is the loop of the documentation's Python example (``json.loads`` of every frame, a JSON
 ``pong`` for a JSON ``ping``, one ``event_ack`` per event with a fresh uuid and an integer
@@ -112,7 +112,7 @@ async def main(uri: str, redis_url: str, quiet: bool) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m connector.bench.baseline",
+        prog="python -m connector_bench.baseline",
         description="The documentation's Hello World loop with one awaited XADD per event.",
     )
     parser.add_argument("url", help="Trading API WebSocket URL")

@@ -10,8 +10,8 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from connector.bench.report import SCENARIO_LABELS
-from connector.bench.results import CLIENT_LABELS, CLIENTS, SCENARIOS, Medians
+from connector_bench.report import SCENARIO_LABELS
+from connector_bench.results import CLIENT_LABELS, CLIENTS, SCENARIOS, Medians
 
 MISSING_MESSAGE = (
     "connector bench: --chart needs matplotlib, which is not installed "

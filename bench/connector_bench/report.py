@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from connector.bench.results import (
+from connector_bench.results import (
     CLIENT_LABELS,
     CLIENTS,
     PRIMARY,

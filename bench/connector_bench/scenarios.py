@@ -4,7 +4,7 @@ Order inside a run: redis-server, then the client (it retries its connection), t
 reading of the client, then the simulator on the port the client is already dialling. The
 simulator's feed starts when the client connects. At the end of the measured window the client is
 read again (CPU, peak RSS) *before* anything is stopped. Every process is stopped when the run
-ends, however it ends (see :class:`connector.bench.procs.Processes`).
+ends, however it ends (see :class:`connector_bench.procs.Processes`).
 
 What each scenario measures is stated in its function; docs/performance.md repeats it.
 """
@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from connector.bench.clients import (
+from connector.localredis import free_port
+from connector_bench.clients import (
     ClientProcess,
     baseline_keys,
     connector_keys,
@@ -28,13 +29,13 @@ from connector.bench.clients import (
     start_consumer,
     start_raw,
 )
-from connector.bench.procfs import ProcSample, kb_to_mb
-from connector.bench.procs import BenchError, Managed, Processes, start_redis
-from connector.bench.profile import Profiler
-from connector.bench.progress import StreamProgress, wait_stored
-from connector.bench.results import RunResult
-from connector.bench.scrape import histogram_quantile, parse_prometheus, total
-from connector.bench.simproc import (
+from connector_bench.procfs import ProcSample, kb_to_mb
+from connector_bench.procs import BenchError, Managed, Processes, start_redis
+from connector_bench.profile import Profiler
+from connector_bench.progress import StreamProgress, wait_stored
+from connector_bench.results import RunResult
+from connector_bench.scrape import histogram_quantile, parse_prometheus, total
+from connector_bench.simproc import (
     counts,
     event_ack_latencies,
     fetch_report,
@@ -44,8 +45,7 @@ from connector.bench.simproc import (
     start_simulator,
     step_stats,
 )
-from connector.bench.stats import memory_flatness, rate, summarize_latencies
-from connector.localredis import free_port
+from connector_bench.stats import memory_flatness, rate, summarize_latencies
 
 Log = Callable[[str], None]
 MARKET = frozenset({"candle", "quote"})

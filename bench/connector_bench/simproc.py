@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from connector.bench.procs import (
+from connector_bench.procs import (
     READY_TIMEOUT,
     BenchError,
     Managed,
@@ -24,7 +24,7 @@ from connector.bench.procs import (
     http_get,
     wait_until,
 )
-from connector.bench.stats import ack_latencies
+from connector_bench.stats import ack_latencies
 
 #: The simulator prints this on its first stderr line once it listens.
 LISTENING_MARKER = "simulator on ws://"

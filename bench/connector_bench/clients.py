@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from redis import Redis
 from redis.exceptions import RedisError
 
-from connector.bench.procs import (
+from connector.localredis import free_port
+from connector_bench.procs import (
     READY_TIMEOUT,
     Managed,
     Processes,
@@ -24,7 +25,6 @@ from connector.bench.procs import (
     http_get,
     wait_until,
 )
-from connector.localredis import free_port
 
 STREAM_PREFIX = "md"
 #: The connector's log line once it is in its connect-retry loop (start-up is finished).
@@ -100,14 +100,14 @@ def start_connector(
 
 
 def start_baseline(processes: Processes, ws_url: str, redis_url: str) -> ClientProcess:
-    argv = [sys.executable, "-m", "connector.bench.baseline", ws_url, redis_url, "--quiet"]
+    argv = [sys.executable, "-m", "connector_bench.baseline", ws_url, redis_url, "--quiet"]
     process = processes.start("baseline", argv, capture_stdout=True)
     _wait_ready_line(process)
     return ClientProcess("baseline", process)
 
 
 def start_raw(processes: Processes, ws_url: str, args: Sequence[str]) -> ClientProcess:
-    argv = [sys.executable, "-m", "connector.bench.rawclient", ws_url, *args]
+    argv = [sys.executable, "-m", "connector_bench.rawclient", ws_url, *args]
     process = processes.start("raw", argv, capture_stdout=True)
     _wait_ready_line(process)
     return ClientProcess("raw", process)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from connector.bench.stats import LatencySummary, median_or_none, ratio
+from connector_bench.stats import LatencySummary, median_or_none, ratio
 
 Client = Literal["connector", "baseline", "raw"]
 CLIENTS: tuple[Client, ...] = ("connector", "baseline", "raw")

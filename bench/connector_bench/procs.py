@@ -27,8 +27,8 @@ from types import TracebackType
 from typing import IO, Self
 
 from connector import localredis
-from connector.bench.procfs import ProcSample, read_sample
 from connector.localredis import free_port, private_server_argv
+from connector_bench.procfs import ProcSample, read_sample
 
 STOP_GRACE = 10.0
 READY_TIMEOUT = 30.0
