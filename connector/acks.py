@@ -51,14 +51,12 @@ class Acknowledger:
         self._outbox_received: list[float] = []
         self._final_pending = False
         self.pending = 0  # id-bearing events received and not yet acknowledged
+        self.seen = 0  # id-bearing events received in all
         metrics.pending_acks.read = lambda: self.pending
-
-    @property
-    def enabled(self) -> bool:
-        return self._enabled
 
     def expect(self, count: int) -> None:
         """``count`` id-bearing events entered the pipeline (for the pending-acks gauge)."""
+        self.seen += count
         if self._enabled:
             self.pending += count
 

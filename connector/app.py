@@ -24,6 +24,7 @@ from connector.acks import AckGate, Acknowledger, ImmediateGate
 from connector.cluster_wire import ClusterWire
 from connector.config import Settings
 from connector.confirm import ConsumerGate
+from connector.groups import Readers
 from connector.http import OpsServer, Readiness
 from connector.launch import take_early_signals
 from connector.lease import PrefixLease
@@ -33,6 +34,7 @@ from connector.redis_client import RedisClient, make_redis
 from connector.registry import StreamProvisioner
 from connector.resp import WireConnection
 from connector.router import Router
+from connector.run import BacktestRun, Outcome
 from connector.session import Session
 from connector.streams import SCHEMA_VERSION, Entry, StreamKeys
 from connector.writer import StreamWriter
@@ -40,6 +42,7 @@ from connector.writer import StreamWriter
 log = logging.getLogger(__name__)
 
 REDIS_CHECK_INTERVAL = 2.0
+EXIT_INCOMPLETE = 3  # a backtest run that did not complete (halted, interrupted, unacknowledged)
 
 
 class Connector:
@@ -53,15 +56,23 @@ class Connector:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics(
-            tuple(settings.consumer_groups), settings.metrics_symbol_labels
-        )
+        self.metrics = metrics or Metrics(settings.group_names, settings.metrics_symbol_labels)
         self.redis = redis if redis is not None else make_redis(settings)
         self._owns_redis = redis is None
         self.keys = StreamKeys(settings.stream_prefix)
         acks_on = settings.mode == "backtest" or settings.ack_live
         self.acknowledger = Acknowledger(
             self._send_frame, self.metrics, enabled=acks_on, on_final=self._on_final
+        )
+        self.readers = Readers(self.keys, settings.consumer_groups)
+        self.backtest = (
+            BacktestRun(
+                self._run_ended,
+                lambda: self.acknowledger.seen,
+                reconnect_window=settings.backtest_reconnect_window,
+            )
+            if settings.mode == "backtest"
+            else None
         )
         self.writer = StreamWriter(
             self.redis,
@@ -74,7 +85,7 @@ class Connector:
                 else None
             ),
         )
-        self.provisioner = StreamProvisioner(self.keys, settings.consumer_groups)
+        self.provisioner = StreamProvisioner(self.keys, self.readers)
         self.writer.provision = self.provisioner
         self.consumer_gate: ConsumerGate | None = None
         self.gate: AckGate = self._make_gate()
@@ -96,6 +107,8 @@ class Connector:
             max_frame_bytes=settings.max_frame_bytes,
             expect_ack=self.acknowledger.expect,
             max_streams=settings.max_streams,
+            on_terminal=self.backtest.on_terminal if self.backtest else lambda event_id: None,
+            on_goodbye=self.backtest.on_goodbye if self.backtest else lambda: None,
         )
         self.session = Session(settings, self.metrics, self)
         self.ops = OpsServer(
@@ -113,11 +126,11 @@ class Connector:
         )
         self._stop_reading = asyncio.Event()
         self._stop_requested = asyncio.Event()
-        self.completed = asyncio.Event()  # backtest_complete stored and acknowledged
         self._redis_ok = False
         self._stop_reason = ""
         self._signals = 0
         self._failed = False  # a reason to exit non-zero even after a clean drain
+        self.outcome: Outcome | None = None  # how the backtest run ended (see connector.run)
 
     async def _open_wire(self) -> WireConnection:
         """The write path's own connection (see :mod:`connector.resp`)."""
@@ -141,7 +154,7 @@ class Connector:
         self.consumer_gate = ConsumerGate(
             self.redis,
             self.keys,
-            settings.consumer_groups,
+            self.readers,
             self.acknowledger,
             self.metrics,
             # Live acks are informational: gating them would only slow the feed down.
@@ -201,6 +214,8 @@ class Connector:
                     code = 1
             await self._drain(publisher, session)
         finally:
+            if self.backtest is not None:
+                self.backtest.close()
             everything: list[asyncio.Task[Any]] = [*background, stop, session, publisher]
             for running in everything:
                 running.cancel()
@@ -216,6 +231,8 @@ class Connector:
                     await self.redis.aclose()
         if self._failed:
             code = 1
+        elif code == 0 and self.outcome not in (None, "completed"):
+            code = EXIT_INCOMPLETE
         log.info("stopped", extra={"reason": self._stop_reason or "internal error", "code": code})
         return code
 
@@ -275,7 +292,9 @@ class Connector:
                 self.publisher.abandon()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(publisher, 1.0)
-        if self.consumer_gate is not None and not self.publisher.abandoned:
+        # After a halt or an interruption nobody waits for the acks: store, do not wait.
+        still_waited_for = self.outcome in (None, "completed")
+        if self.consumer_gate is not None and not self.publisher.abandoned and still_waited_for:
             try:
                 await asyncio.wait_for(
                     self.consumer_gate.wait_confirmed(), max(0.0, deadline - time.monotonic())
@@ -302,9 +321,22 @@ class Connector:
         self.request_stop(f"another connector ({holder}) took over the stream prefix")
 
     def _on_final(self) -> None:
-        self.completed.set()
-        if self.settings.mode == "backtest" and self.settings.exit_on_complete:
-            self.request_stop("backtest complete")
+        if self.backtest is not None:
+            self.backtest.on_completion_acked()
+
+    def _run_ended(self, outcome: Outcome, detail: str) -> None:
+        """The backtest run is over (see connector.run): say how, once, and leave."""
+        self.outcome = outcome
+        self._marker("run_end", outcome=outcome, detail=detail)
+        if outcome == "completed":
+            log.info("backtest run completed", extra={"detail": detail})
+        else:
+            log.error(
+                "backtest run did not complete",
+                extra={"outcome": outcome, "detail": detail, "exit_code": EXIT_INCOMPLETE},
+            )
+        if self.settings.exit_on_complete:
+            self.request_stop(f"backtest run {outcome}")
 
     # -- session handler -----------------------------------------------------------------------
 
@@ -312,6 +344,8 @@ class Connector:
         return self.router.route(frame, received)
 
     async def on_connected(self, gap_started: float | None) -> None:
+        if self.backtest is not None:
+            self.backtest.on_connected()
         self.publisher.forget_ids()
         if gap_started is not None:
             now = time.time()
@@ -323,8 +357,10 @@ class Connector:
             )
         await self.acknowledger.flush()
 
-    def on_disconnected(self, reason: str) -> None:
+    def on_disconnected(self, reason: str, server_closed: bool) -> None:
         self._marker("disconnected", reason=reason)
+        if self.backtest is not None:
+            self.backtest.on_disconnected(server_closed)
 
     async def _send_frame(self, frame: bytes) -> bool:
         return await self.session.send(frame)

@@ -29,8 +29,8 @@ def _default_text(name: str) -> str:
     default = field.get_default(call_default_factory=True)
     if default is None:
         return "unset"
-    if isinstance(default, list):
-        return ",".join(default) or "empty"
+    if isinstance(default, list | tuple):
+        return ", ".join(str(item) for item in default) or "empty"
     if isinstance(default, bool):
         return str(default).lower()
     return str(default)

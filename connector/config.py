@@ -19,12 +19,13 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from connector.groups import GROUP_NAME, GroupSpec, parse_groups, specs_of
+
 ENV_PREFIX = "CONNECTOR_"
 MASK = "***"
 
 # Names that may appear inside a Redis key without breaking it or a Cluster hash tag.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.:\-/]{1,64}")
-_GROUP_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
 class Settings(BaseSettings):
@@ -89,7 +90,15 @@ class Settings(BaseSettings):
     ws_compression: bool = Field(False, description="Offer permessage-deflate to the server.")
     ack_live: bool = Field(True, description="Also acknowledge id-bearing events in live mode.")
     exit_on_complete: bool = Field(
-        True, description="In backtest mode, exit 0 once backtest_complete is stored and acked."
+        True,
+        description="In backtest mode, exit once the run ended: 0 when backtest_complete was "
+        "stored and acked, 3 when the run did not complete (halted, interrupted, unacknowledged).",
+    )
+    backtest_reconnect_window: float = Field(
+        30.0,
+        gt=0,
+        description="Backtest: a session lost mid-run that is not back within this many seconds "
+        "ends the run as interrupted (the engine halts without acks anyway).",
     )
 
     # -- Redis --------------------------------------------------------------------------------
@@ -150,8 +159,11 @@ class Settings(BaseSettings):
         description="immediate: ack once Redis stored the event; consumer: once every group in "
         "CONSUMER_GROUPS confirmed it.",
     )
-    consumer_groups: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma list of consumer groups that must confirm."
+    consumer_groups: Annotated[tuple[GroupSpec, ...], NoDecode] = Field(
+        default_factory=tuple,
+        description="Consumer groups that must confirm, comma-separated; each may say what it "
+        "reads, e.g. 'risk, signals[types=candle], strategy[types=candle,order; "
+        "symbols=AAPL,MSFT]' (a group waits the engine only for entries it reads).",
     )
     consumer_ack_timeout: float = Field(
         0.0, ge=0, description="Seconds to wait for group confirmation before the policy (0: none)."
@@ -224,27 +236,17 @@ class Settings(BaseSettings):
     @field_validator("session_id")
     @classmethod
     def _check_session_id(cls, value: str) -> str:
-        if not _GROUP_NAME.fullmatch(value):
+        if not GROUP_NAME.fullmatch(value):
             raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
         return value
 
     @field_validator("consumer_groups", mode="before")
     @classmethod
-    def _split_groups(cls, value: Any) -> Any:
+    def _parse_groups(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-    @field_validator("consumer_groups")
-    @classmethod
-    def _check_groups(cls, value: list[str]) -> list[str]:
-        for group in value:
-            if not _GROUP_NAME.fullmatch(group):
-                raise ValueError(
-                    f"group {group!r} must be 1-64 characters of letters, digits and _ . : -"
-                )
-        if len(set(value)) != len(value):
-            raise ValueError("names a group twice")
+            return parse_groups(value)
+        if isinstance(value, list | tuple):
+            return specs_of(value)
         return value
 
     @model_validator(mode="after")
@@ -264,6 +266,11 @@ class Settings(BaseSettings):
         return self
 
     # -- derived values -----------------------------------------------------------------------
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The required consumer groups' names, in the order declared."""
+        return tuple(spec.name for spec in self.consumer_groups)
 
     def resolved_api_key(self) -> str | None:
         """The API key, read from API_KEY_FILE when set (so a rotated secret is picked up)."""
@@ -297,6 +304,8 @@ class Settings(BaseSettings):
                 value = str(value)
             elif name in ("redis_url", "api_url"):
                 value = mask_url(value)
+            elif name == "consumer_groups":
+                value = ", ".join(str(spec) for spec in value)
             shown[name] = value
         return shown
 

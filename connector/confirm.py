@@ -1,20 +1,25 @@
-"""Consumer-ack mode: hold each engine ack until every required consumer group confirmed it.
+"""Consumer-ack mode: hold each engine ack until the groups that read its entries confirmed them.
 
-An entry counts as confirmed by a group once the group has had it delivered and no longer holds it
-pending (it was XACKed). Two ways bring that news, and either is enough:
+The bookkeeping (what waits for whom, release in stored order, timeouts) is the sans-I/O
+:class:`~connector.ledger.Ledger`; this module feeds it from Redis. An entry counts as confirmed by
+a group once the group has had it delivered and no longer holds it pending (it was XACKed). Two
+ways bring that news, and either is enough:
 
 * **Notification** (the project's consumer toolkit): the consumer's XACK and a PUBLISH on
   ``{prefix}:confirm`` go out in the same round trip; this gate is subscribed, so it learns of the
-  confirmation about one network hop later (sub-millisecond on loopback).
-* **Check** (any client that only XACKs: redis-cli, another language): every
-  ``consumer_check_interval`` while entries are outstanding, one pipelined round trip reads each
-  group's delivery position (XINFO GROUPS) and pending ids (XPENDING) on the streams concerned.
+  confirmation about one network hop later.
+* **Check** (any client that only XACKs: FastStream, redis-cli, go-redis, ...): one pipelined
+  round trip reads each group's delivery position (XINFO GROUPS) and pending ids (XPENDING) on the
+  streams concerned. Redis announces an XACK to nobody (no keyspace event, no client-tracking
+  invalidation), so the gate asks: for a group that has not notified, soon after each store and
+  then less and less often (``FIRST_POLL_S`` growing to ``consumer_check_interval``); for a
+  notifying group, only for entries that have waited a whole interval (a lost notification). A
+  check looks at the newest streams first (``SAMPLE_STREAMS``) and at all of them only once
+  those are confirmed, so its cost follows the streams that wait, never the idle ones.
 
-Acks are released per stored batch, in order, when all of the batch's id-bearing entries are
-confirmed by all groups (dead letters are never gated: they are not data). A group that has gone
-missing (NOGROUP: deleted, or lost in a Redis restart) is recreated just below the oldest entry it
-has not confirmed, so nothing is skipped. In live mode nothing is gated: acks are informational
-there; groups and the lag gauge are still maintained.
+A group that has gone missing (NOGROUP: deleted, or lost in a Redis restart) is recreated, only on
+streams it reads, just below the oldest entry it has not confirmed, so nothing is skipped. In live
+mode nothing is gated: acks are informational there; groups and the lag gauge are maintained.
 
 Timeouts (``consumer_ack_timeout`` > 0): a batch held longer is either kept (``hold``: counted,
 logged, /readyz false until it is confirmed) or acknowledged anyway (``release``: counted).
@@ -26,15 +31,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
 
 from connector.acks import Acknowledger
+from connector.groups import Readers
+from connector.ledger import Confirmed, Ledger, Span, StreamId, id_below, id_text, parse_id
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
 from connector.redis_client import RedisClient
@@ -43,43 +48,11 @@ from connector.streams import Entry, StreamKeys
 
 log = logging.getLogger(__name__)
 
-StreamId = tuple[int, int]
-MAX_SEQ = 2**64 - 1
 LAG_INTERVAL = 1.0
-EARLY_LIMIT = 100_000
-
-
-def parse_id(value: bytes | str) -> StreamId:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def id_below(value: StreamId) -> str:
-    """The stream id just below ``value`` (a group created there delivers ``value`` next)."""
-    ms, seq = value
-    return f"{ms}-{seq - 1}" if seq > 0 else f"{max(ms - 1, 0)}-{MAX_SEQ if ms > 0 else 0}"
-
-
-@dataclass(slots=True, eq=False)
-class HeldBatch:
-    """One stored batch whose ack waits for confirmations."""
-
-    entries: list[Entry]
-    stored_at: float
-    waiting: int = 0
-    overdue: bool = False
-    released: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class Waiting:
-    """One gated entry and the groups that have not confirmed it yet."""
-
-    entry: Entry
-    batch: HeldBatch
-    position: StreamId
-    groups: set[str] = field(default_factory=set)
+FIRST_POLL_S = 0.00025  # the first check after a store, for groups that do not notify
+POLL_GROWTH = 1.5
+SAMPLE_STREAMS = 8  # streams a check looks at before it looks at all of them
+SWEEP_CHUNK = 512  # streams per pipelined round trip in a full check
 
 
 class ConsumerGate:
@@ -89,7 +62,7 @@ class ConsumerGate:
         self,
         redis: RedisClient,
         keys: StreamKeys,
-        groups: Sequence[str],
+        readers: Readers,
         acknowledger: Acknowledger,
         metrics: Metrics,
         *,
@@ -103,7 +76,9 @@ class ConsumerGate:
     ) -> None:
         self._redis = redis
         self._keys = keys
-        self._groups = tuple(groups)
+        self._readers = readers
+        self._groups = readers.names
+        self._group_bytes = {name.encode(): name for name in readers.names}
         self._acknowledger = acknowledger
         self._metrics = metrics
         self._gated = gated
@@ -113,13 +88,14 @@ class ConsumerGate:
         self._known_streams = known_streams
         self._clock = clock
         self._wire = wire
-        self._queue: deque[HeldBatch] = deque()
-        self._streams: dict[str, dict[str, Waiting]] = {}
-        self._early: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
-        self._last_seen: dict[tuple[str, str], str] = {}  # (stream, group) -> last delivered id
+        self._ledger = Ledger(readers.of)
+        self._notifying: set[str] = set()  # groups seen confirming by notification
+        self._poll_delay = FIRST_POLL_S
+        self._poke = asyncio.Event()  # a store that a check may soon confirm
         self._outstanding = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._last_seen: dict[tuple[str, str], str] = {}  # (stream, group) -> last delivered id
         self._log = RateLimitedLog(log, interval=10.0)
         self.notifications = 0  # confirmations learnt by notification, for tests and the demo
         self.checked = 0  # confirmations learnt by checking group state
@@ -130,90 +106,52 @@ class ConsumerGate:
         if not self._gated:
             await self._acknowledger.release(entries)
             return
-        batch = HeldBatch(entries, self._clock())
-        for entry in entries:
-            if entry.event_id is None or entry.key is None or entry.entry_id is None:
-                continue
-            if not self._keys.is_data_stream(entry.key):
-                continue
-            waiting = Waiting(entry, batch, parse_id(entry.entry_id), set(self._groups))
-            early = self._early.pop((entry.key, entry.entry_id), None)
-            if early:
-                waiting.groups -= early
-            if not waiting.groups:
-                continue
-            self._streams.setdefault(entry.key, {})[entry.entry_id] = waiting
-            batch.waiting += 1
-        self._metrics.unconfirmed.inc(batch.waiting)
-        self._queue.append(batch)
+        batch = self._ledger.add(entries, self._clock())
         self._empty.clear()
         if batch.waiting:
+            self._metrics.unconfirmed.inc(batch.waiting)
             self._outstanding.set()
+            if not self._notifying.issuperset(self._groups):
+                self._poll_delay = FIRST_POLL_S
+                self._poke.set()
         await self._release_ready()
 
     @property
     def unconfirmed(self) -> int:
-        return sum(len(table) for table in self._streams.values())
+        return self._ledger.unconfirmed
 
     @property
     def overdue(self) -> bool:
         """True while a batch is held past the timeout under the ``hold`` policy."""
-        return any(batch.overdue and not batch.released for batch in self._queue)
+        return self._ledger.overdue
 
     async def wait_confirmed(self) -> None:
         """Until nothing is held (used when draining)."""
         await self._empty.wait()
 
-    def confirm(self, group: str, stream: str, ids: Sequence[str]) -> int:
+    def confirm(self, group: str, stream: str, ids: Iterable[str]) -> int:
         """Record that ``group`` confirmed ``ids`` of ``stream``; returns how many were ours."""
-        table = self._streams.get(stream)
-        now = self._clock()
-        matched = 0
-        for entry_id in ids:
-            waiting = table.get(entry_id) if table is not None else None
-            if waiting is None:
-                self._remember_early(stream, entry_id, group)
-                continue
-            if group not in waiting.groups:
-                continue
-            matched += 1
-            waiting.groups.discard(group)
-            if not waiting.groups:
-                self._settle(stream, entry_id, waiting, now)
-        return matched
+        return self._count(self._ledger.confirm(group, stream, ids))
 
-    def _settle(self, stream: str, entry_id: str, waiting: Waiting, now: float) -> None:
-        table = self._streams[stream]
-        del table[entry_id]
-        if not table:
-            del self._streams[stream]
-        waiting.batch.waiting -= 1
-        self._metrics.unconfirmed.dec()
-        self._metrics.consumer_confirm.observe(now - waiting.batch.stored_at)
-
-    def _remember_early(self, stream: str, entry_id: str, group: str) -> None:
-        """A confirmation can overtake our own pipeline's reply: keep it for a moment."""
-        if not self._gated:
-            return  # nothing is waited for in live mode
-        key = (stream, entry_id)
-        groups = self._early.get(key)
-        if groups is None:
-            groups = self._early[key] = set()
-            if len(self._early) > EARLY_LIMIT:
-                self._early.popitem(last=False)
-        groups.add(group)
+    def _count(self, confirmed: Confirmed) -> int:
+        if confirmed.settled:
+            now = self._clock()
+            self._metrics.unconfirmed.dec(len(confirmed.settled))
+            observe = self._metrics.consumer_confirm.observe
+            for stored_at in confirmed.settled:
+                observe(now - stored_at)
+        return confirmed.matched
 
     async def _release_ready(self) -> None:
-        while self._queue and (self._queue[0].waiting == 0 or self._queue[0].released):
-            batch = self._queue.popleft()
+        for batch in self._ledger.ready():
             if batch.overdue and not batch.released:
                 log.info(
                     "held batch confirmed after its timeout", extra={"events": len(batch.entries)}
                 )
             await self._acknowledger.release(batch.entries)
-        if not self._streams:
+        if not self._ledger.unconfirmed:
             self._outstanding.clear()
-        if not self._queue:
+        if self._ledger.empty:
             self._empty.set()
 
     # -- background work -----------------------------------------------------------------------
@@ -245,6 +183,8 @@ class ConsumerGate:
                     log.warning("cannot create group on the registry", extra={"error": str(exc)})
             except Exception as exc:  # a failed round trip must not end the loop
                 log.warning("cannot create group on the registry", extra={"error": str(exc)})
+
+    # -- notifications -------------------------------------------------------------------------
 
     async def _listen(self) -> None:
         delay = 0.05
@@ -286,6 +226,8 @@ class ConsumerGate:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _apply_notification(self, data: Any) -> None:
+        """``{"g": group, "e": {stream: [id, ...]}}``; anything else (another client's noise on
+        the channel, a group we do not wait for) is ignored."""
         try:
             note = orjson.loads(data)
             group = note["g"]
@@ -294,75 +236,103 @@ class ConsumerGate:
             return
         if group not in self._groups or not isinstance(streams, dict):
             return
+        self._notifying.add(group)
         for stream, ids in streams.items():
-            if isinstance(ids, list):
+            if isinstance(stream, str) and isinstance(ids, list):
                 self.notifications += self.confirm(group, stream, [str(i) for i in ids])
+
+    # -- checks --------------------------------------------------------------------------------
 
     async def _check_loop(self) -> None:
         while True:
             await self._outstanding.wait()
-            await asyncio.sleep(self._check_interval)
-            # Only entries that have waited a whole interval are worth a round trip: when the
-            # consumers notify, everything younger is confirmed long before that.
-            if self._oldest_wait() >= self._check_interval:
+            polling = self._polled_groups()
+            delay = self._poll_delay if polling else self._check_interval
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._poke.wait()
+                    # A fresh store: give its readers the first interval to confirm it.
+                    await asyncio.sleep(FIRST_POLL_S)
+            self._poke.clear()
+            # Entries that waited a whole interval are checked for every group (a notification
+            # may have been lost); younger ones only for the groups that never notify.
+            late = self._ledger.oldest_wait(self._clock()) >= self._check_interval
+            groups = set(self._groups) if late else self._polled_groups()
+            if groups:
                 try:
-                    await self.check()
+                    await self.check(groups)
                 except Exception as exc:  # a failed round trip must not end the loop
                     self._log.warning(
                         "confirm-check", "cannot check consumer groups", error=str(exc)
                     )
+            self._poll_delay = min(self._poll_delay * POLL_GROWTH, self._check_interval)
             self._apply_timeouts()
             await self._release_ready()
 
-    def _oldest_wait(self) -> float:
-        for batch in self._queue:
-            if batch.waiting and not batch.released:
-                return self._clock() - batch.stored_at
-        return 0.0
+    def _polled_groups(self) -> set[str]:
+        return set(self._groups) - self._notifying
 
-    async def check(self) -> None:
-        """One round trip: positions and pending ids of every group on the streams we wait on."""
-        streams = [(key, table) for key, table in self._streams.items() if table]
-        if not streams:
+    async def check(self, groups: set[str] | None = None) -> None:
+        """Read the state of ``groups`` (all by default) on the streams with waiting entries:
+        the newest ones first, and all of them once those are confirmed."""
+        wanted = set(self._groups) if groups is None else groups
+        sample = self._ledger.newest_streams(SAMPLE_STREAMS)
+        spans = self._ledger.spans()
+        await self._check_streams(sample, spans, wanted)
+        spans = self._ledger.spans()
+        rest = [stream for stream in spans if stream not in sample]
+        if any(stream in spans and wanted & set(spans[stream]) for stream in sample):
+            return  # the newest are not confirmed yet: the others can wait for the next check
+        for start in range(0, len(rest), SWEEP_CHUNK):
+            await self._check_streams(rest[start : start + SWEEP_CHUNK], spans, wanted)
+
+    async def _check_streams(
+        self, streams: list[str], spans: dict[str, dict[str, Span]], wanted: set[str]
+    ) -> None:
+        plan = [
+            (stream, [(group, span) for group, span in spans[stream].items() if group in wanted])
+            for stream in streams
+            if stream in spans
+        ]
+        plan = [(stream, pairs) for stream, pairs in plan if pairs]
+        if not plan:
             return
         pipe = self._redis.pipeline(transaction=False)
-        for key, table in streams:
-            pipe.xinfo_groups(key)
-            low = min(w.position for w in table.values())
-            high = max(w.position for w in table.values())
-            for group in self._groups:
+        for stream, pairs in plan:
+            pipe.xinfo_groups(stream)
+            for group, span in pairs:
                 pipe.xpending_range(
-                    key, group, f"{low[0]}-{low[1]}", f"{high[0]}-{high[1]}", len(table) + 1
+                    stream, group, id_text(span.low), id_text(span.high), span.count
                 )
-        results = await pipe.execute(raise_on_error=False)
-        now = self._clock()
-        cursor = 0
-        recreate: list[tuple[str, str, str]] = []
-        for key, table in streams:
-            info = results[cursor]
-            pending_by_group = results[cursor + 1 : cursor + 1 + len(self._groups)]
-            cursor += 1 + len(self._groups)
-            delivered = _delivered_positions(info)
-            for group, pending in zip(self._groups, pending_by_group, strict=True):
-                mine = [w for w in table.values() if group in w.groups]
-                if not mine:
-                    continue
-                if group not in delivered:
-                    floor = min(w.position for w in mine)
-                    recreate.append((key, group, id_below(floor)))
-                    continue
-                if isinstance(pending, Exception):
-                    continue
-                held = {parse_id(row["message_id"]) for row in pending}
-                last = delivered[group]
-                for waiting in mine:
-                    if waiting.position <= last and waiting.position not in held:
-                        waiting.groups.discard(group)
-                        self.checked += 1
-                        if not waiting.groups:
-                            self._settle(key, waiting.entry.entry_id or "", waiting, now)
-        if recreate:
-            await self._recreate(recreate)
+        results = iter(await pipe.execute(raise_on_error=False))
+        missing: list[tuple[str, str, str]] = []
+        for stream, pairs in plan:
+            delivered = self._delivered_positions(next(results))
+            for group, span in pairs:
+                pending = next(results)
+                position = delivered.get(group)
+                if position is None:
+                    missing.append((stream, group, id_below(span.low)))
+                elif not isinstance(pending, Exception):
+                    held = {parse_id(row["message_id"]) for row in pending}
+                    confirmed = self._ledger.apply_group_state(stream, group, position, held)
+                    self.checked += self._count(confirmed)
+        if missing:
+            await self._recreate(missing)
+
+    def _delivered_positions(self, info: Any) -> dict[str, StreamId]:
+        """Our group -> its last delivered id, from an XINFO GROUPS reply (empty on NOGROUP or
+        no key). Group names are compared as bytes: another client's group with a name that is
+        not UTF-8 is simply not ours."""
+        if isinstance(info, Exception) or not isinstance(info, list):
+            return {}
+        positions: dict[str, StreamId] = {}
+        for row in info:
+            name = self._group_bytes.get(row.get("name"))
+            if name is not None:
+                with contextlib.suppress(ValueError, TypeError):
+                    positions[name] = parse_id(row["last-delivered-id"])
+        return positions
 
     async def _recreate(self, missing: list[tuple[str, str, str]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -383,39 +353,24 @@ class ConsumerGate:
     def _apply_timeouts(self) -> None:
         if self._timeout <= 0:
             return
-        now = self._clock()
-        for batch in self._queue:
-            if batch.released or batch.waiting == 0 or now - batch.stored_at < self._timeout:
-                continue
-            if self._policy == "release":
-                self._release_unconfirmed(batch)
-                self._metrics.consumer_timeouts.labels("release").inc()
-                self._log.warning(
-                    "timeout-release",
-                    "consumer confirmation timed out; acked anyway",
-                    events=len(batch.entries),
-                    timeout_s=self._timeout,
-                )
-            elif not batch.overdue:
-                batch.overdue = True
-                self._metrics.consumer_timeouts.labels("hold").inc()
-                self._log.warning(
-                    "timeout-hold",
-                    "consumer confirmation timed out; still holding",
-                    events=len(batch.entries),
-                    timeout_s=self._timeout,
-                )
+        release = self._policy == "release"
+        expired = self._ledger.expire(self._clock(), self._timeout, release)
+        if not expired:
+            return
+        policy = "release" if release else "hold"
+        self._metrics.consumer_timeouts.labels(policy).inc(len(expired))
+        if release:
+            self._metrics.unconfirmed.set(self._ledger.unconfirmed)
+        self._log.warning(
+            f"timeout-{policy}",
+            "consumer confirmation timed out; acked anyway"
+            if release
+            else "consumer confirmation timed out; still holding",
+            events=sum(len(batch.entries) for batch in expired),
+            timeout_s=self._timeout,
+        )
 
-    def _release_unconfirmed(self, batch: HeldBatch) -> None:
-        batch.released = True
-        for stream in list(self._streams):
-            table = self._streams[stream]
-            for entry_id in [i for i, w in table.items() if w.batch is batch]:
-                del table[entry_id]
-                self._metrics.unconfirmed.dec()
-            if not table:
-                del self._streams[stream]
-        batch.waiting = 0
+    # -- the lag gauge -------------------------------------------------------------------------
 
     async def _lag_loop(self) -> None:
         while True:
@@ -427,8 +382,9 @@ class ConsumerGate:
                 self._log.warning("confirm-lag", "cannot read consumer lag", error=str(exc))
 
     async def update_lag(self) -> None:
-        """Per group: entries not yet delivered plus delivered but unconfirmed, on our streams."""
-        streams = sorted(k for k in self._known_streams if self._keys.is_data_stream(k))
+        """Per group: entries not yet delivered plus delivered but unconfirmed, on the streams
+        it reads."""
+        streams = sorted(k for k in self._known_streams if self._readers.of(k))
         if not streams:
             return
         pipe = self._redis.pipeline(transaction=False)
@@ -436,33 +392,24 @@ class ConsumerGate:
             pipe.xinfo_groups(key)
         results = await pipe.execute(raise_on_error=False)
         totals = dict.fromkeys(self._groups, 0)
+        waiting = self._ledger.spans()
         missing: list[tuple[str, str, str]] = []
         for key, info in zip(streams, results, strict=True):
             if isinstance(info, Exception):
                 continue
-            seen = {_text(row["name"]): row for row in info}
-            for group in self._groups:
-                row = seen.get(group)
+            rows = {self._group_bytes.get(row.get("name")): row for row in info}
+            for group in self._readers.of(key):
+                row = rows.get(group)
                 if row is None:
-                    if key not in self._streams:  # streams we wait on are handled by check()
+                    if group not in waiting.get(key, {}):  # waited-for streams: see check()
                         # Where the group had got to when last seen (or the start): entries
                         # written since are delivered again rather than skipped.
                         missing.append((key, group, self._last_seen.get((key, group), "0-0")))
                     continue
-                self._last_seen[(key, group)] = _text(row["last-delivered-id"])
+                with contextlib.suppress(UnicodeDecodeError, AttributeError):
+                    self._last_seen[(key, group)] = row["last-delivered-id"].decode("ascii")
                 totals[group] += int(row.get("lag") or 0) + int(row.get("pending") or 0)
         for group, total in totals.items():
             self._metrics.lag_by_group[group].set(total)
         if missing:
             await self._recreate(missing)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _delivered_positions(info: Any) -> dict[str, StreamId]:
-    """group name -> last delivered id, from an XINFO GROUPS reply (empty on NOGROUP/no key)."""
-    if isinstance(info, Exception) or not isinstance(info, list):
-        return {}
-    return {_text(row["name"]): parse_id(row["last-delivered-id"]) for row in info}

@@ -136,6 +136,7 @@ class GroupConsumer:
         self._streams: list[str] = []
         self._shards: dict[int, list[str]] = {}  # hash slot (0 on one node) -> its streams
         self._readers: dict[int, asyncio.Task[None]] = {}
+        self._reading = False  # readers start once this member's own pending entries are done
         self._processing = asyncio.Lock()
         self._pending: list[Message] = []
         self._ready = asyncio.Event()
@@ -167,7 +168,13 @@ class GroupConsumer:
             await self._join(self._fixed)
         else:
             await self._discover(block_ms=None)
+        # Entries this member read before a restart first, and only then new ones: a reader
+        # started earlier would take entries that the drain (which reads this member's pending
+        # entries) then hands to the handler a second time.
         await self._drain_own_pending(handler)
+        self._reading = True
+        for shard in self._shards:
+            self._start_reader(shard)
         background: list[asyncio.Task[None]] = []
         if self._fixed is None:
             background.append(
@@ -252,10 +259,14 @@ class GroupConsumer:
             shard = self._shard_of(stream, len(self._streams))
             self._streams.append(stream)
             self._shards.setdefault(shard, []).append(stream)
-            if shard not in self._readers:
-                self._readers[shard] = asyncio.create_task(
-                    self._read_shard(shard), name=f"consumer-read-{shard}"
-                )
+            if self._reading:
+                self._start_reader(shard)
+
+    def _start_reader(self, shard: int) -> None:
+        if shard not in self._readers:
+            self._readers[shard] = asyncio.create_task(
+                self._read_shard(shard), name=f"consumer-read-{shard}"
+            )
 
     async def _read_shard(self, shard: int) -> None:
         """Blocking reads of one shard's streams, delivered to the processor."""

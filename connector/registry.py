@@ -1,15 +1,15 @@
 """Announcing new streams, and creating the required consumer groups before their first entry.
 
 Both ride in the same pipeline as the first XADD to a stream, so they cost no extra round trip:
-``XGROUP CREATE <stream> <group> $ MKSTREAM`` for every required group (queued before the entry,
-so ``$`` places the group just before it: the group receives everything this connector writes),
-then one registry entry naming the stream. ``BUSYGROUP`` (the group exists) is expected and ignored.
+``XGROUP CREATE <stream> <group> $ MKSTREAM`` for every required group that reads the stream
+(queued before the entry, so ``$`` places the group just before it: the group receives everything
+this connector writes), then one registry entry naming the stream. ``BUSYGROUP`` (the group
+exists) is expected and ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from connector.groups import Readers
 from connector.resp import Arg
 from connector.streams import StreamKeys, parse_key
 
@@ -19,9 +19,9 @@ REGISTRY_MAXLEN = 100_000  # above CONNECTOR_MAX_STREAMS, with room for restarts
 class StreamProvisioner:
     """The writer's ``provision`` hook: groups and a registry entry for each new stream."""
 
-    def __init__(self, keys: StreamKeys, groups: Sequence[str]) -> None:
+    def __init__(self, keys: StreamKeys, readers: Readers) -> None:
         self._keys = keys
-        self._groups = tuple(groups)
+        self._readers = readers
         # Where new groups start. "$" (just before this connector's next entry) normally; "0"
         # after Redis lost its data: every stream then holds only entries written since, which
         # no consumer has seen, including those written before the loss was noticed.
@@ -31,7 +31,8 @@ class StreamProvisioner:
         if not self._keys.is_data_stream(key):
             return []
         commands: list[list[Arg]] = [
-            ["XGROUP", "CREATE", key, group, self.start_id, "MKSTREAM"] for group in self._groups
+            ["XGROUP", "CREATE", key, group, self.start_id, "MKSTREAM"]
+            for group in self._readers.of(key)  # a group only where it reads
         ]
         info = parse_key(self._keys.prefix, key)
         entry: list[Arg] = ["stream", key, "type", info.type if info else ""]

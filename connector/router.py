@@ -51,6 +51,8 @@ class Router:
         max_frame_bytes: int,
         expect_ack: Callable[[int], None],
         max_streams: int = 10_000,
+        on_terminal: Callable[[str | None], None] = lambda event_id: None,
+        on_goodbye: Callable[[], None] = lambda: None,
     ) -> None:
         self._keys = keys
         self._submit = submit
@@ -62,7 +64,8 @@ class Router:
         self._events = metrics.events_by_type
         self._invalid_log = RateLimitedLog(log, interval=10.0)
         self._symbol_events = metrics.symbol_events
-        self.complete_seen = False
+        self._on_terminal = on_terminal  # backtest_complete (see connector.run)
+        self._on_goodbye = on_goodbye  # connection/DISCONNECTING: the server shuts down
 
     def route(self, frame: str | bytes, received: float) -> bytes | None:
         """Handle one frame; returns a frame to send back at once (a pong), if any."""
@@ -103,8 +106,9 @@ class Router:
             self._events[event.label] += 1
             final = event.label == "backtest_complete"
             if final:
-                self.complete_seen = True
-                log.info("backtest complete", extra={"event_id": event.event_id})
+                self._on_terminal(event.event_id)
+            elif event.label == "connection" and event.event == "DISCONNECTING":
+                self._on_goodbye()
             self._emit(
                 self._keys.of_type(event.label),
                 other_fields(event),

@@ -22,7 +22,7 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -48,7 +48,7 @@ class SessionHandler(Protocol):
 
     async def on_connected(self, gap_started: float | None) -> None: ...
 
-    def on_disconnected(self, reason: str) -> None: ...
+    def on_disconnected(self, reason: str, server_closed: bool) -> None: ...
 
 
 class Backoff:
@@ -67,6 +67,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Drop(NamedTuple):
+    """Why a connection ended; ``server_closed``: the server sent a closing handshake."""
+
+    reason: str
+    server_closed: bool = False
 
 
 class ConnectFailed(Exception):
@@ -156,7 +163,7 @@ class Session:
         if stopper in done:
             return True
 
-        reason = reader.result() if reader in done else keeper.result()
+        drop = reader.result() if reader in done else keeper.result()
         if keeper in done:
             # A dead peer will not answer a closing handshake either: drop the TCP connection.
             ws.transport.abort()
@@ -164,11 +171,11 @@ class Session:
         self._metrics.connected.set(0)
         if self._clock() - connected_at >= self._settings.reconnect_reset_after:
             self._backoff.reset()
-        log.warning("disconnected from the Trading API", extra={"reason": reason})
-        self._handler.on_disconnected(reason)
+        log.warning("disconnected from the Trading API", extra={"reason": drop.reason})
+        self._handler.on_disconnected(drop.reason, drop.server_closed)
         return False
 
-    async def _read(self, ws: ClientConnection) -> str:
+    async def _read(self, ws: ClientConnection) -> Drop:
         on_frame = self._handler.on_frame
         clock = self._clock
         handled = 0
@@ -185,13 +192,13 @@ class Session:
                     handled = 0
                     await asyncio.sleep(0)
         except ConnectionClosed as exc:
-            return _close_reason(exc)
+            return _closed(exc)
         except Exception as exc:  # never let a surprise end the service: start a new connection
             log.exception("unexpected error on the session; reconnecting")
             ws.transport.abort()
-            return f"internal error: {type(exc).__name__}"
+            return Drop(f"internal error: {type(exc).__name__}")
 
-    async def _keepalive(self, ws: ClientConnection) -> str:
+    async def _keepalive(self, ws: ClientConnection) -> Drop:
         settings = self._settings
         missed = 0
         while True:
@@ -209,12 +216,12 @@ class Session:
                     extra={"missed": missed, "max_missed_pongs": settings.max_missed_pongs},
                 )
                 if missed >= settings.max_missed_pongs:
-                    return f"{missed} missed pongs"
+                    return Drop(f"{missed} missed pongs")
             except ConnectionClosed as exc:
-                return _close_reason(exc)
+                return _closed(exc)
             except Exception as exc:  # e.g. a ping refused by the library: treat as a dead link
                 log.exception("unexpected error in the keepalive; reconnecting")
-                return f"internal error: {type(exc).__name__}"
+                return Drop(f"internal error: {type(exc).__name__}")
             else:
                 missed = 0
                 self._metrics.ping_rtt.observe(rtt)
@@ -338,8 +345,11 @@ async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     return task.result()
 
 
-def _close_reason(exc: ConnectionClosed) -> str:
+def _closed(exc: ConnectionClosed) -> Drop:
     frame = exc.rcvd or exc.sent
     if frame is None:
-        return "connection lost without a closing handshake"
-    return f"closed with code {frame.code}" + (f" ({frame.reason})" if frame.reason else "")
+        return Drop("connection lost without a closing handshake")
+    reason = f"closed with code {frame.code}" + (f" ({frame.reason})" if frame.reason else "")
+    # The server started the closing handshake (not an answer to ours, e.g. a 1009 we sent).
+    server_closed = exc.rcvd is not None and (exc.sent is None or bool(exc.rcvd_then_sent))
+    return Drop(reason, server_closed)

@@ -41,13 +41,13 @@ TABLE_END = "<!-- END settings table -->"
 
 
 def _default_text(field: FieldInfo) -> str:
-    if field.default_factory is not None and field.default_factory is not list:
+    if field.default_factory is not None and field.default_factory not in (list, tuple):
         return "computed"  # e.g. host-pid: differs per process, so not printed (see description)
     default = field.get_default(call_default_factory=True)
     if default is None:
         return "unset"
-    if isinstance(default, list):
-        return ",".join(default) or "empty"
+    if isinstance(default, list | tuple):
+        return ", ".join(str(item) for item in default) or "empty"
     if isinstance(default, bool):
         return str(default).lower()
     return str(default)
@@ -64,6 +64,8 @@ def _accepts(field: FieldInfo) -> str:
         text = " \\| ".join(f"`{value}`" for value in typing.get_args(annotation))
     elif typing.get_origin(annotation) is list:
         text = "comma list"
+    elif typing.get_origin(annotation) is tuple:
+        text = "group list (see the description)"
     elif annotation is bool:
         text = "`true` \\| `false`"
     elif annotation is SecretStr:

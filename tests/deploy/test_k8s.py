@@ -229,7 +229,7 @@ def test_configmap_holds_valid_connector_settings(
     grace = pod_spec(overlay)["terminationGracePeriodSeconds"]
     assert grace > settings.shutdown_timeout + 5, "leave time to drain after SIGTERM"
     assert settings.ack_mode == "consumer"
-    assert settings.consumer_groups == ["strategy"]
+    assert settings.group_names == ("strategy",)
 
 
 def test_api_key_comes_from_the_secret_as_a_file(overlay: Objects) -> None:

@@ -135,7 +135,7 @@ def test_backtest_through_the_command_line(
     assert summary["counts"]["timeouts"] == 0
     assert summary["counts"]["acked_ids"] == summary["counts"]["event_ids"] > 600
     logs = [json.loads(line) for line in result.stderr.splitlines()]
-    assert any(line["msg"] == "backtest complete" for line in logs)
+    assert any(line["msg"] == "backtest run completed" for line in logs)
     assert logs[-1]["msg"] == "stopped"
     redis = Redis.from_url(redis_server.url)
     try:

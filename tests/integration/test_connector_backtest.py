@@ -130,15 +130,24 @@ async def test_malformed_frames_are_survived_dead_lettered_and_acked(
     assert app.connector.session.connections == 1  # never dropped the session
 
 
-async def test_engine_that_just_closes_sends_complete_without_id(redis_server: RedisServer) -> None:
+async def test_an_id_less_end_after_id_bearing_events_is_not_a_success(
+    redis_server: RedisServer, redis_client: Redis
+) -> None:
+    """The gateway's halt (and an engine that just closed) looks like this: not a clean end."""
     config = SimConfig(mode="backtest", symbols=("AAPL",), steps=5, complete_with_id=False)
     async with (
         Simulator(config) as sim,
         run_connector(sim, redis_server.url, mode="backtest") as app,
     ):
-        assert await app.exit_code() == 0
+        assert await app.exit_code() == 3
+    assert app.connector.outcome == "halted"
     assert "unknown" not in sim.record.acked_ids()
     assert all(event_id is not None for ack in sim.record.acks for event_id in ack.ids)
+    markers = await stream_entries(redis_client, "md:system")
+    (end,) = [marker for marker in markers if marker["type"] == "run_end"]
+    assert end["outcome"] == "halted"
+    assert "without an event id after 5 id-bearing events" in end["detail"]
+    assert len(await stream_entries(redis_client, "md:backtest_complete")) == 1  # stored
 
 
 async def test_server_shutdown_is_followed_by_reconnect_and_gap_markers(

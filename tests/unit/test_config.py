@@ -35,7 +35,7 @@ def test_environment_is_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) ->
     settings = load_settings()
     assert settings.mode == "backtest"
     assert settings.ping_interval == 0.25
-    assert settings.consumer_groups == ["risk", "signals"]
+    assert settings.group_names == ("risk", "signals")
 
 
 @pytest.mark.parametrize(
