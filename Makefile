@@ -39,8 +39,8 @@ test: $(DEV)
 check: lint typecheck
 
 lint: $(DEV)
-	$(BIN)/ruff check connector bench tests
-	$(BIN)/ruff format --check connector bench tests
+	$(BIN)/ruff check connector bench tests docs/recipes
+	$(BIN)/ruff format --check connector bench tests docs/recipes
 
 typecheck: $(DEV)
 	$(BIN)/mypy

@@ -70,6 +70,7 @@ class Connector:
                 self._run_ended,
                 lambda: self.acknowledger.seen,
                 reconnect_window=settings.backtest_reconnect_window,
+                complete_timeout=settings.complete_ack_timeout,
             )
             if settings.mode == "backtest"
             else None

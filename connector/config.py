@@ -94,6 +94,12 @@ class Settings(BaseSettings):
         description="In backtest mode, exit once the run ended: 0 when backtest_complete was "
         "stored and acked, 3 when the run did not complete (halted, interrupted, unacknowledged).",
     )
+    complete_ack_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Backtest: seconds the engine waits for the ack of backtest_complete; a "
+        "completion not acknowledged in time ends the run as unacknowledged.",
+    )
     backtest_reconnect_window: float = Field(
         30.0,
         gt=0,
