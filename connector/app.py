@@ -121,6 +121,7 @@ class Connector:
                 self.keys.lease,
                 settings.session_id,
                 write_timeout=settings.redis_timeout,
+                on_foreign=self._foreign_lease,
             )
             if settings.prefix_lock
             else None
@@ -316,6 +317,9 @@ class Connector:
                 log.warning("final acks not sent", extra={"ids": self.acknowledger.unsent})
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.session.close(1000), max(0.1, deadline - time.monotonic()))
+
+    def _foreign_lease(self) -> None:
+        self.metrics.foreign_data.counts["lease"] += 1
 
     def _lease_lost(self, holder: str) -> None:
         self._failed = True

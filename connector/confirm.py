@@ -53,6 +53,7 @@ FIRST_POLL_S = 0.00025  # the first check after a store, for groups that do not 
 POLL_GROWTH = 1.5
 SAMPLE_STREAMS = 8  # streams a check looks at before it looks at all of them
 SWEEP_CHUNK = 512  # streams per pipelined round trip in a full check
+FOREIGN_GROUPS_LIMIT = 1024
 
 
 class ConsumerGate:
@@ -96,6 +97,7 @@ class ConsumerGate:
         self._empty = asyncio.Event()
         self._empty.set()
         self._last_seen: dict[tuple[str, str], str] = {}  # (stream, group) -> last delivered id
+        self._foreign_groups: set[bytes] = set()
         self._log = RateLimitedLog(log, interval=10.0)
         self.notifications = 0  # confirmations learnt by notification, for tests and the demo
         self.checked = 0  # confirmations learnt by checking group state
@@ -328,11 +330,31 @@ class ConsumerGate:
             return {}
         positions: dict[str, StreamId] = {}
         for row in info:
-            name = self._group_bytes.get(row.get("name"))
-            if name is not None:
-                with contextlib.suppress(ValueError, TypeError):
-                    positions[name] = parse_id(row["last-delivered-id"])
+            raw = row.get("name")
+            name = self._group_bytes.get(raw)
+            if name is None:
+                self._note_foreign_group(raw)
+                continue
+            with contextlib.suppress(ValueError, TypeError):
+                positions[name] = parse_id(row["last-delivered-id"])
         return positions
+
+    def _note_foreign_group(self, raw: Any) -> None:
+        """Other groups are none of our business, but one whose name is not text is another
+        client's garbage on our streams: counted and said once per name."""
+        if not isinstance(raw, bytes) or raw in self._foreign_groups:
+            return
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if len(self._foreign_groups) < FOREIGN_GROUPS_LIMIT:
+                self._foreign_groups.add(raw)
+            self._metrics.foreign_data.counts["group_name"] += 1
+            log.warning(
+                "a consumer group on the connector's streams has a name that is not text "
+                "(another client's?); ignored",
+                extra={"group": repr(raw)[:80]},
+            )
 
     async def _recreate(self, missing: list[tuple[str, str, str]]) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -398,6 +420,9 @@ class ConsumerGate:
             if isinstance(info, Exception):
                 continue
             rows = {self._group_bytes.get(row.get("name")): row for row in info}
+            for row in info:
+                if row.get("name") not in self._group_bytes:
+                    self._note_foreign_group(row.get("name"))
             for group in self._readers.of(key):
                 row = rows.get(group)
                 if row is None:

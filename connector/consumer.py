@@ -54,12 +54,14 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
+from connector.logs import RateLimitedLog
 from connector.resp import Arg, Endpoint, WireConnection, encode_command
 from connector.streams import StreamInfo, StreamKeys, parse_key
 
 log = logging.getLogger(__name__)
 
 MAX_READERS = 64  # blocking connections per consumer on a single node (see _shard_of)
+DEAD_LETTER_MAXLEN = 100_000
 
 RedisClient = Redis | RedisCluster
 
@@ -80,12 +82,28 @@ Handler = Callable[[list[Message]], Awaitable[None]]
 
 @dataclass(slots=True)
 class ConsumerStats:
-    processed: int = 0
-    confirmed: int = 0
-    claimed: int = 0
-    failed_batches: int = 0
-    recovered_groups: int = 0
+    """What a consumer did; read it any time (the counters only grow)."""
+
+    processed: int = 0  # entries the handler returned for
+    confirmed: int = 0  # entries XACKed after that
+    claimed: int = 0  # entries taken over from an idle member (or retried after a failure)
+    failed_batches: int = 0  # handler calls that raised
+    recovered_groups: int = 0  # streams where this consumer recreated its lost group
+    dead_lettered: int = 0  # entries moved to the group's dead-letter stream, then XACKed
+    unreadable: dict[str, int] = field(default_factory=dict)  # skipped data, by reason
     by_type: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry this group gives up on: it goes to ``{prefix}:deadletter:{group}``, confirmed."""
+
+    stream: str
+    id: str
+    reason: str  # "max_deliveries" (the handler kept failing) or "undecodable" (not UTF-8)
+    error: str
+    fields: dict[str, str]
+    deliveries: int = 0
 
 
 def default_name() -> str:
@@ -113,9 +131,12 @@ class GroupConsumer:
         recover_after: float = 1.0,
         on_confirmed: Callable[[list[Message]], None] | None = None,
         fast: bool = True,
+        max_deliveries: int = 5,
     ) -> None:
-        if batch_size < 1 or block_ms < 1 or claim_idle_ms < 1:
-            raise ValueError("batch_size, block_ms and claim_idle_ms must be positive")
+        if batch_size < 1 or block_ms < 1 or claim_idle_ms < 1 or max_deliveries < 1:
+            raise ValueError(
+                "batch_size, block_ms, claim_idle_ms and max_deliveries must be positive"
+            )
         self.redis = redis
         self.group = group
         self.name = name or default_name()
@@ -133,6 +154,11 @@ class GroupConsumer:
         self._notify = notify
         self._recover_after = recover_after
         self._on_confirmed = on_confirmed
+        self._max_deliveries = max_deliveries
+        self._dead_key = self.keys.group_deadletter(group)
+        self._dead: list[DeadLetter] = []  # waiting to be written and confirmed
+        self._group_bytes = group.encode()
+        self._log = RateLimitedLog(log, interval=30.0)
         self._streams: list[str] = []
         self._shards: dict[int, list[str]] = {}  # hash slot (0 on one node) -> its streams
         self._readers: dict[int, asyncio.Task[None]] = {}
@@ -217,10 +243,14 @@ class GroupConsumer:
                 # add their entries, and the whole write is processed and confirmed at once.
                 await asyncio.sleep(0)
                 await self._process(self._take(), handler)
+            if self._dead:
+                await self._bury()
             if time.monotonic() >= next_claim:
                 next_claim = time.monotonic() + self._claim_every
-                with contextlib.suppress(Exception):  # the next cycle tries again
+                try:
                     await self._claim(handler)
+                except Exception as exc:  # the next cycle tries again
+                    self._log.warning("claim", "consumer: claiming failed", error=str(exc)[:200])
 
     def _take(self) -> list[Message]:
         batch = self._pending[: self._batch]
@@ -285,10 +315,15 @@ class GroupConsumer:
                 log.warning("consumer: Redis unavailable; retrying", extra={"error": str(exc)})
                 await self._pause(0.5)
                 continue
-            messages = self._messages(reply)
-            if messages and len(streams) > 1:
-                messages += await self._sweep(shard, streams, {m.stream for m in messages})
-            if messages:
+            try:
+                messages = self._messages(reply)
+                if messages and len(streams) > 1:
+                    messages += await self._sweep(shard, streams, {m.stream for m in messages})
+            except Exception:  # a bug here must not stop this stream for good: say it, go on
+                log.exception("consumer: cannot read a reply; reading on")
+                await self._pause(0.5)
+                continue
+            if messages or self._dead:
                 await self._deliver(messages)
 
     async def _sweep(self, shard: int, streams: list[str], served: set[str]) -> list[Message]:
@@ -337,7 +372,10 @@ class GroupConsumer:
             raise
 
     def _messages(self, reply: Any) -> list[Message]:
-        """Messages from an XREADGROUP/XAUTOCLAIM reply, in redis-py's shape or the raw one."""
+        """Messages from an XREADGROUP/XAUTOCLAIM reply, in redis-py's shape or the raw one.
+
+        Any client may write into these streams: an entry whose fields are not UTF-8 text is not
+        handed to the handler; it goes to the group's dead-letter stream (see :meth:`_bury`)."""
         out: list[Message] = []
         if isinstance(reply, dict):  # RESP3 shape
             reply = list(reply.items())
@@ -347,16 +385,30 @@ class GroupConsumer:
             kind = info.type if info else "other"
             symbol = info.symbol if info else None
             for row in rows:
-                entry_id, fields = row[0], row[1]
+                entry_id, fields = _text(row[0]), row[1]
                 if fields is None:  # trimmed while pending
                     continue
-                if isinstance(fields, dict):
-                    decoded = {_text(k): _text(v) for k, v in fields.items()}
-                else:  # raw: [field, value, field, value, ...]
-                    flat = [item.decode() for item in fields]
-                    decoded = dict(zip(flat[::2], flat[1::2], strict=True))
-                out.append(Message(stream, _text(entry_id), decoded, kind, symbol))
+                try:
+                    decoded = _decode_fields(fields)
+                except (UnicodeDecodeError, ValueError, TypeError) as exc:
+                    self._quarantine(stream, entry_id, fields, exc)
+                    continue
+                out.append(Message(stream, entry_id, decoded, kind, symbol))
         return out
+
+    def _quarantine(self, stream: str, entry_id: str, fields: Any, exc: Exception) -> None:
+        self._count_unreadable("entry")
+        self._log.warning(
+            "undecodable",
+            "consumer: an entry is not UTF-8 text; dead-lettering it",
+            stream=stream,
+            id=entry_id,
+            error=str(exc)[:200],
+        )
+        self._dead.append(DeadLetter(stream, entry_id, "undecodable", str(exc), _lenient(fields)))
+
+    def _count_unreadable(self, reason: str) -> None:
+        self.stats.unreadable[reason] = self.stats.unreadable.get(reason, 0) + 1
 
     def _stream_info(self, stream: str) -> StreamInfo | None:
         info = self._infos.get(stream)
@@ -374,7 +426,11 @@ class GroupConsumer:
                     self.group, self.name, dict.fromkeys(streams, "0"), count=self._batch
                 )
                 messages = self._messages(reply)
+                if self._dead:
+                    await self._bury()
                 if not messages:
+                    if _entry_count(reply):
+                        continue  # undecodable ones only: dead-lettered, read on
                     break
                 failed = self.stats.failed_batches
                 await self._process(messages, handler)
@@ -396,10 +452,75 @@ class GroupConsumer:
             if isinstance(reply, Exception):
                 continue  # NOGROUP and the like are handled by the readers
             claimed.extend(self._messages([(stream, reply[1])]))
-        if claimed:
-            self.stats.claimed += len(claimed)
-            log.info("claimed entries from an idle member", extra={"entries": len(claimed)})
-            await self._process(claimed, handler)
+        if self._dead:
+            await self._bury()
+        if not claimed:
+            return
+        self.stats.claimed += len(claimed)
+        deliveries = await self._deliveries(claimed)
+        spent = [m for m in claimed if deliveries.get((m.stream, m.id), 0) > self._max_deliveries]
+        if spent:
+            self._dead.extend(
+                DeadLetter(
+                    m.stream,
+                    m.id,
+                    "max_deliveries",
+                    f"the handler failed {deliveries[(m.stream, m.id)] - 1} times",
+                    m.fields,
+                    deliveries[(m.stream, m.id)] - 1,
+                )
+                for m in spent
+            )
+            await self._bury()
+        again = [m for m in claimed if m not in spent]
+        if again:
+            log.info("claimed entries from an idle member", extra={"entries": len(again)})
+            await self._process(again, handler)
+
+    async def _deliveries(self, messages: list[Message]) -> dict[tuple[str, str], int]:
+        """How often each entry has been delivered (XPENDING's counter, the claim included)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for message in messages:
+            pipe.xpending_range(message.stream, self.group, message.id, message.id, 1)
+        found: dict[tuple[str, str], int] = {}
+        for message, rows in zip(messages, await pipe.execute(raise_on_error=False), strict=True):
+            if not isinstance(rows, Exception) and rows:
+                found[(message.stream, message.id)] = int(rows[0]["times_delivered"])
+        return found
+
+    async def _bury(self) -> None:
+        """Write the entries this group gives up on to its dead-letter stream, then XACK them:
+        they must not hold a backtest, nor be retried for ever (counted in the stats)."""
+        dead, self._dead = self._dead, []
+        pipe = self.redis.pipeline(transaction=False)
+        for letter in dead:
+            pipe.xadd(
+                self._dead_key,
+                {
+                    "reason": letter.reason,
+                    "group": self.group,
+                    "consumer": self.name,
+                    "stream": letter.stream,
+                    "id": letter.id,
+                    "deliveries": str(letter.deliveries),
+                    "error": letter.error[:500],
+                    "fields": orjson.dumps(letter.fields).decode(),
+                },
+                maxlen=DEAD_LETTER_MAXLEN,
+                approximate=True,
+            )
+            pipe.xack(letter.stream, self.group, letter.id)
+        try:
+            await pipe.execute()
+        except Exception as exc:  # kept for the next try: nothing is lost, nothing confirmed
+            self._dead = dead + self._dead
+            self._log.warning("bury", "consumer: cannot dead-letter yet", error=str(exc)[:200])
+            return
+        self.stats.dead_lettered += len(dead)
+        log.warning(
+            "consumer: dead-lettered entries",
+            extra={"entries": len(dead), "stream": self._dead_key, "reason": dead[0].reason},
+        )
 
     # -- processing ----------------------------------------------------------------------------
 
@@ -412,10 +533,20 @@ class GroupConsumer:
             await handler(messages)
         except Exception:
             self.stats.failed_batches += 1
+            if len(messages) == 1:
+                log.exception(
+                    "handler failed; the entry stays pending and will be retried",
+                    extra={"stream": messages[0].stream, "id": messages[0].id},
+                )
+                return
+            # One bad entry must not hold the others hostage: each alone, at once; those that
+            # still fail stay pending (retried after claim_idle_ms, then dead-lettered).
             log.exception(
-                "handler failed; the batch stays pending and will be retried",
+                "handler failed on a batch; retrying its entries one by one",
                 extra={"entries": len(messages)},
             )
+            for message in messages:
+                await self._process_now([message], handler)
             return
         self.stats.processed += len(messages)
         for message in messages:
@@ -486,22 +617,39 @@ class GroupConsumer:
                 await self._pause(0.5)
 
     async def _discover(self, block_ms: int | None) -> None:
+        """Follow the registry from the cursor. The cursor moves only once what was read is
+        joined, so a failed round trip reads the same entries again; an entry that names no
+        stream as text (another client's garbage) is skipped, counted and logged."""
         reply: Any = await self.redis.xread(
             {self.keys.registry: self._registry_cursor}, count=10_000, block=block_ms
         )
         if isinstance(reply, dict):  # RESP3 shape
             reply = list(reply.items())
         fresh: list[str] = []
+        cursor = self._registry_cursor
         for _, rows in reply or []:
             for entry_id, fields in rows:
-                self._registry_cursor = _text(entry_id)
-                raw_stream = fields.get(b"stream", fields.get("stream", b""))  # decoded clients too
-                stream = _text(raw_stream)
-                new = stream and stream not in self._streams and stream not in fresh
-                if new and self._wanted(stream):
+                cursor = _text(entry_id)
+                stream = self._announced(fields, cursor)
+                if stream is None or stream in self._streams or stream in fresh:
+                    continue
+                if self._wanted(stream):
                     fresh.append(stream)
         if fresh:
             await self._join(fresh)
+        self._registry_cursor = cursor
+
+    def _announced(self, fields: Any, entry_id: str) -> str | None:
+        """The stream a registry entry announces (redis-py gives bytes or text keys)."""
+        raw = fields.get(b"stream", fields.get("stream")) if isinstance(fields, dict) else None
+        try:
+            return _text(raw) if raw else None
+        except UnicodeDecodeError:
+            self._count_unreadable("registry")
+            self._log.warning(
+                "registry", "consumer: a registry entry is not UTF-8 text; skipped", id=entry_id
+            )
+            return None
 
     async def _join(self, streams: Sequence[str]) -> None:
         """Add streams, creating the group at ``start_id`` where it does not exist yet."""
@@ -523,8 +671,9 @@ class GroupConsumer:
         now = time.monotonic()
         overdue: list[str] = []
         for stream, reply in zip(streams, replies, strict=True):
-            names = set() if isinstance(reply, Exception) else {_text(r["name"]) for r in reply}
-            if self.group in names:
+            # Compared as bytes: another group's name need not be text.
+            names = set() if isinstance(reply, Exception) else {r["name"] for r in reply}
+            if self._group_bytes in names or self.group in names:
                 self._missing_since.pop(stream, None)
                 continue
             since = self._missing_since.setdefault(stream, now)
@@ -555,6 +704,35 @@ class GroupConsumer:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_fields(fields: Any) -> dict[str, str]:
+    """An entry's fields as text: a dict (redis-py) or a flat list (the raw reply)."""
+    if isinstance(fields, dict):
+        return {_text(k): _text(v) for k, v in fields.items()}
+    flat = [_text(item) for item in fields]
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _lenient(fields: Any) -> dict[str, str]:
+    """The fields of an entry that is not text, readable for a person (bytes escaped)."""
+    if isinstance(fields, dict):
+        return {_escaped(k): _escaped(v) for k, v in fields.items()}
+    # An odd count (malformed) keeps its last name without a value.
+    pairs = zip(fields[::2], fields[1::2], strict=False)
+    return {_escaped(k): _escaped(v) for k, v in pairs}
+
+
+def _escaped(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)
+
+
+def _entry_count(reply: Any) -> int:
+    if isinstance(reply, dict):
+        reply = list(reply.items())
+    return sum(len(rows) for _, rows in reply or [])
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

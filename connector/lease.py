@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from connector.groups import GROUP_NAME
 from connector.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# Replace a value no connector writes (another client's garbage), only if it is still there.
+_RECLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return false
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -54,6 +62,7 @@ class PrefixLease:
         ttl_ms: int = LEASE_TTL_MS,
         clock: Callable[[], float] = time.monotonic,
         write_timeout: float = 5.0,
+        on_foreign: Callable[[], None] = lambda: None,
     ):
         self._redis = redis
         self._clock = clock
@@ -74,6 +83,8 @@ class PrefixLease:
         self._confirmed_at = float("-inf")
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._reclaim = redis.register_script(_RECLAIM)
+        self._on_foreign = on_foreign
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Take the lease, waiting while another connector holds it (or Redis does not answer:
@@ -88,12 +99,24 @@ class PrefixLease:
                 waiting_for = f"cannot take the stream prefix lease yet: {type(exc).__name__}"
             if time.monotonic() - last_notice >= 30:
                 last_notice = time.monotonic()
+                if self.holder is not None and await self._without_expiry():
+                    waiting_for = (
+                        "the stream prefix lease key has no expiry, which no connector sets: "
+                        f"if no connector uses this prefix, delete it (DEL {self.key})"
+                    )
                 log.warning(
                     waiting_for, extra={"lease": self.key, "holder": self.holder, "me": self.owner}
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
         return False
+
+    async def _without_expiry(self) -> bool:
+        """A holder that set no TTL is no connector (they always do): worth saying so."""
+        try:
+            return bool(await self._redis.pttl(self.key) == -1)
+        except Exception:  # only a better message is at stake
+            return False
 
     def confirmed(self) -> bool:
         """True while no other connector can hold the prefix: writes wait while this is false
@@ -107,7 +130,19 @@ class PrefixLease:
             log.info("holding the stream prefix", extra={"lease": self.key})
             return True
         raw = await self._redis.get(self.key)
-        current = raw.decode() if isinstance(raw, bytes) else raw
+        current = _holder(raw)
+        if current is None and raw is not None:
+            # Not a connector's session id (they are short plain names): another client's
+            # garbage. Nobody holds the prefix: take it, as long as the garbage is still there.
+            self._on_foreign()
+            log.warning(
+                "the stream prefix lease key holds a value no connector writes; taking it over",
+                extra={"lease": self.key, "value": repr(raw)[:80]},
+            )
+            if await self._reclaim(keys=[self.key], args=[raw, self.owner, self._ttl_ms]):
+                self.held, self.holder, self._confirmed_at = True, None, sent_at
+                return True
+            return False
         if current == self.owner:
             if await self._renew(keys=[self.key], args=[self.owner, self._ttl_ms]):
                 self.held, self.holder, self._confirmed_at = True, None, sent_at
@@ -158,3 +193,15 @@ class PrefixLease:
         with contextlib.suppress(RedisError, OSError):  # if not, it expires by itself
             await self._release(keys=[self.key], args=[self.owner])
         self.held = False
+
+
+def _holder(raw: bytes | str | None) -> str | None:
+    """The session id in the lease key, or None when it holds none (or not one a connector
+    would write: see ``GROUP_NAME``, the session id's format)."""
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return None
+    return text if GROUP_NAME.fullmatch(text) else None

@@ -37,6 +37,8 @@ INVALID_REASONS = (
     "internal_error",
 )
 
+FOREIGN_DATA_REASONS = ("clash", "group_name", "lease")
+
 # Sub-millisecond resolution where the ack path lives, seconds where backtests wait on consumers.
 LATENCY_BUCKETS = (
     0.0002,
@@ -190,6 +192,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.foreign_data = PlainCounters(
+            "connector_foreign_data",
+            "Data another Redis client wrote where the connector reads or writes, stepped over "
+            "without stopping, by reason: clash (our next entry id taken), group_name (a group "
+            "on our streams whose name is not text), lease (a lease value no connector writes).",
+            "reason",
+            FOREIGN_DATA_REASONS,
+        )
+        r.register(self.foreign_data)
         self.duplicates = Counter(
             "connector_duplicate_events", "Re-delivered event ids stored only once.", registry=r
         )

@@ -103,6 +103,7 @@ class Publisher:
         self._outage_started = 0.0
         self._failed_attempts = 0
         self._drop_log = RateLimitedLog(log, interval=10.0)
+        self._clashes_seen = 0
         self._published = metrics.published_by_type
         metrics.buffered_events.read = lambda: self.buffered
         metrics.buffered_bytes.read = lambda: self._pending_bytes + self._inflight_bytes
@@ -244,6 +245,10 @@ class Publisher:
             self._inflight = []
             self._inflight_bytes = 0
             self._count_published(batch)
+            clashes = self._writer.clashes
+            if clashes != self._clashes_seen:
+                self._metrics.foreign_data.counts["clash"] += clashes - self._clashes_seen
+                self._clashes_seen = clashes
             if self._writer.unstorable:
                 self._unstorable(self._writer.unstorable)
             await self._on_stored(batch)

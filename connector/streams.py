@@ -7,7 +7,8 @@ Redis Cluster hash tag so all of a symbol's streams share one slot:
 * ``{prefix}:{type}`` for every other frame type (``md:order``, ``md:backtest_complete``, ...),
   ``{prefix}:other`` for types this version does not know;
 * ``{prefix}:system`` for the connector's own markers (start, stop, disconnect, reconnect gaps);
-* ``{prefix}:deadletter`` for rejected frames (raw text truncated);
+* ``{prefix}:deadletter`` for rejected frames (raw text truncated), and
+  ``{prefix}:deadletter:{group}`` for the entries a consumer group gave up on (the toolkit);
 * ``{prefix}:streams``, the registry: one entry per data stream when this connector first writes it,
   so consumers discover new symbols without scanning; ``{prefix}:confirm`` is the pub/sub channel
   on which the consumer toolkit announces confirmations (consumer-ack mode).
@@ -93,12 +94,16 @@ class StreamKeys:
             key = self._types[label] = f"{self.prefix}:{label}"
         return key
 
+    def group_deadletter(self, group: str) -> str:
+        """Where the consumer toolkit puts the entries group ``group`` gives up on."""
+        return f"{self.deadletter}:{group}"
+
     def is_data_stream(self, key: str) -> bool:
         """True for streams that carry Trading API events (not markers, dead letters, registry)."""
-        return key.startswith(self.prefix + ":") and key not in (
-            self.system,
-            self.deadletter,
-            self.registry,
+        return (
+            key.startswith(self.prefix + ":")
+            and key not in (self.system, self.deadletter, self.registry)
+            and not key.startswith(self.deadletter + ":")
         )
 
 

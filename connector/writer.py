@@ -17,6 +17,7 @@ redirection or a node failure.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -25,9 +26,12 @@ import orjson
 from redis.exceptions import ResponseError
 
 from connector.cluster_wire import ClusterWire, misdirected
+from connector.logs import RateLimitedLog
 from connector.redis_client import RedisClient, is_cluster
 from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 from connector.streams import Entry
+
+log = logging.getLogger(__name__)
 
 _TRANSIENT_PREFIXES = (
     "LOADING",
@@ -127,6 +131,8 @@ class StreamWriter:
         self._provision_epoch = 0
         # Entries of the last write() that no stream would take (the publisher counts them).
         self.unstorable: list[tuple[str | None, str]] = []  # (event id, error)
+        self.clashes = 0  # our next ids found taken by another writer (stepped over)
+        self._clash_log = RateLimitedLog(log, interval=30.0)
         # MULTI/EXEC around a batch: consumers blocked on the streams wake once, with the whole
         # batch, instead of once per XADD. (A refused XADD inside EXEC does not undo the others.)
         self.atomic = not is_cluster(redis)  # a cluster transaction cannot span slots
@@ -323,11 +329,20 @@ class StreamWriter:
         for entry in suspects:
             pipe.xrange(entry.key, entry.entry_id, entry.entry_id, count=1)  # type: ignore[arg-type]
         found = await pipe.execute()
+        # Compared as bytes: another client may have written anything at our ids, text or not.
         clashes = [
             entry
             for entry, rows in zip(suspects, found, strict=True)
-            if not rows or _decoded(rows[0][1]) != entry.fields
+            if not rows or rows[0][1] != _encoded(entry.fields)
         ]
+        if clashes:
+            self.clashes += len(clashes)
+            self._clash_log.warning(
+                "clash",
+                "another client wrote at the connector's next entry ids; stepping over them",
+                stream=clashes[0].key,
+                entries=len(clashes),
+            )
         if not clashes:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -360,5 +375,5 @@ class StreamWriter:
         entry.blob = None
 
 
-def _decoded(fields: dict[bytes, bytes]) -> dict[str, str]:
-    return {key.decode(): value.decode() for key, value in fields.items()}
+def _encoded(fields: dict[str, str]) -> dict[bytes, bytes]:
+    return {key.encode(): value.encode() for key, value in fields.items()}

@@ -81,6 +81,7 @@ async def test_writes_wait_while_the_prefix_lease_is_unconfirmed(
         class Writer:
             def __init__(self) -> None:
                 self.unstorable: list[tuple[str | None, str]] = []
+                self.clashes = 0
 
             async def write(self, entries: Sequence[Entry]) -> None:
                 writer_calls.append(len(entries))

@@ -22,6 +22,7 @@ class FakeWriter:
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
         self.unstorable: list[tuple[str | None, str]] = []
+        self.clashes = 0
 
     async def write(self, entries: Sequence[Entry]) -> None:
         self.started.set()
