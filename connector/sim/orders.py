@@ -116,9 +116,9 @@ def parse_order_request(body: object, symbols: Collection[str]) -> OrderRequest:
     symbol = _symbol(body["symbol"], symbols)
     side: Side = "BUY" if _choice(body, "side", SIDES) == "BUY" else "SELL"
     order_type = _order_type(body)
-    time_in_force = (
-        _choice(body, "time_in_force", TIMES_IN_FORCE) if "time_in_force" in body else "GTC"
-    )
+    time_in_force = "GTC"
+    if body.get("time_in_force") is not None:
+        time_in_force = _choice(body, "time_in_force", TIMES_IN_FORCE)
     quantity = _decimal(body, "quantity")
     if quantity is None or quantity <= 0:
         raise ApiError(
