@@ -382,7 +382,7 @@ async def _serve(config: SimConfig, ending: Ending, frames: bool) -> tuple[Outco
     await sim.start()
     print(
         f"connector simulate: {config.mode} simulator on {sim.url} (also {sim.docs_url}); "
-        f"controls at {sim.http_url}/control/<name>",
+        f"REST API, probes and controls at {sim.http_url}",
         file=sys.stderr,
         flush=True,
     )
