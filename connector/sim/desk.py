@@ -87,6 +87,9 @@ class Desk:
         self._clock = clock
         self.portfolio = Portfolio(scale=config.decimal_scale)
         self._orders: dict[str, Order] = {}
+        # The open ones again, so each bar looks at them only (a long run keeps thousands).
+        self._open: dict[str, Order] = {}
+        self._records: dict[str, OrderRecord] = {}
         self._trades: list[dict[str, Any]] = []
         self._resting: Counter[str] = Counter()  # open limit/stop orders per symbol
         self._order_ids = itertools.count(1)
@@ -128,10 +131,8 @@ class Desk:
         )
         last_bar, pending = flow.order_clock()
         order.first_bar = 0 if last_bar is None else last_bar + 1
-        self._orders[order.id] = order
-        if request.order_type != "MARKET":
-            self._resting[request.symbol] += 1
-        self._record.orders.append(self._new_record(order, last_bar, pending))
+        self._book(order)
+        self._add_record(self._new_record(order, last_bar, pending))
         self._record.changed()
         flow.order_accepted(order, [self._order_event("ORDER_CREATED", order)])
         handle: dict[str, Any] = {"id": order.id}
@@ -173,8 +174,8 @@ class Desk:
         """``DELETE /v1/orders``: every open order (of ``symbol``), announced together."""
         chosen = [
             order
-            for order in self._orders.values()
-            if order.is_open and (symbol is None or order.request.symbol == symbol)
+            for order in self._open.values()
+            if symbol is None or order.request.symbol == symbol
         ]
         if chosen:
             self.flow.order_events([self._cancel(order) for order in chosen])
@@ -220,9 +221,9 @@ class Desk:
         """Fill (or expire) every open order bar ``index`` reaches; at most once per order."""
         by_symbol = {bar.symbol: bar for bar in bars}
         events: list[OrderEvent] = []
-        for order in list(self._orders.values()):
+        for order in list(self._open.values()):
             bar = by_symbol.get(order.request.symbol)
-            if not order.is_open or order.first_bar > index or bar is None:
+            if order.first_bar > index or bar is None:
                 continue
             price = fill_price(
                 order.request, Decimal(bar.open), Decimal(bar.high), Decimal(bar.low)
@@ -246,11 +247,11 @@ class Desk:
             id=f"ord-{next(self._order_ids)}", request=request, created_at=when, updated_at=when
         )
         order.first_bar = step
-        self._orders[order.id] = order
+        self._book(order)
         # Made while building bar ``step``, i.e. after bar ``step - 1`` went out: no lag.
         record = self._new_record(order, step - 1 if step else None, True)
         record.synthetic = True
-        self._record.orders.append(record)
+        self._add_record(record)
         return self._fill(order, Decimal(bar.close), when, step)
 
     # Engine side: live ---------------------------------------------------------------------
@@ -279,9 +280,9 @@ class Desk:
     def _fills_at_price(self, symbol: str, price: Decimal) -> list[OrderEvent]:
         self.portfolio.mark(symbol, price)
         events: list[OrderEvent] = []
-        for order in list(self._orders.values()):
+        for order in list(self._open.values()):
             request = order.request
-            if not order.is_open or request.symbol != symbol or request.order_type == "MARKET":
+            if request.symbol != symbol or request.order_type == "MARKET":
                 continue
             fill = price_fills(request, price)
             if fill is not None:
@@ -406,11 +407,23 @@ class Desk:
             "updated_at": held.updated_at,
         }
 
+    def _book(self, order: Order) -> None:
+        """A new open order."""
+        self._orders[order.id] = order
+        self._open[order.id] = order
+        if order.request.order_type != "MARKET":
+            self._resting[order.request.symbol] += 1
+
     def _leave_book(self, order: Order, status: Status) -> None:
         """``order`` is no longer open: it stops resting on its symbol."""
+        del self._open[order.id]
         if order.request.order_type != "MARKET":
             self._resting[order.request.symbol] -= 1
         order.status = status
+
+    def _add_record(self, record: OrderRecord) -> None:
+        self._records[record.order_id] = record
+        self._record.orders.append(record)
 
     def _cancel(self, order: Order) -> OrderEvent:
         self._leave_book(order, "CANCELLED")
@@ -433,7 +446,7 @@ class Desk:
     def _update_record(
         self, order: Order, *, step: int | None = None, price: Decimal | None = None
     ) -> None:
-        record = self._record.order(order.id)
+        record = self._records.get(order.id)
         if record is None:
             return
         record.status = order.status
