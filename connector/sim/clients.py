@@ -6,7 +6,9 @@ the frame is dropped for that client and counted. (The optional ``backpressure``
 live feed waits for space *before* emitting; it is a benchmark aid the real server lacks.)
 
 The writer sends everything queued in one batch and flushes the socket once per batch, which is
-what lets a Python process push frames fast enough for the benchmark.
+what lets a Python process push frames fast enough for the benchmark. The ``relay_gap`` option
+does what the gateway's relay does instead: each frame is its own write, a short gap apart, so
+the frames of one step reach a client in separate reads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.server import ServerProtocol
 
 from connector.sim.config import SimConfig
 from connector.sim.frames import Outgoing
@@ -72,6 +75,7 @@ class Hub:
         self._record = record
         self._queue_size = config.queue_size
         self._record_frames = config.record_frames
+        self._relay_gap = config.relay_gap
         self._drop_after = config.drop_after
         self._drop_pending = config.drop_after > 0
         self._ids = itertools.count(1)
@@ -168,14 +172,14 @@ class Hub:
                 while len(batch) < limit and not queue.empty():
                     batch.append(queue.get_nowait())
                 client.space.set()
-                # One write (one syscall) and one flow-control wait per batch instead of per frame.
-                async with ws.send_context():
-                    for out in batch:
-                        if out.binary:
-                            protocol.send_binary(out.payload)
-                        else:
-                            protocol.send_text(out.payload)
-                    _write_joined(ws)
+                if self._relay_gap > 0:
+                    await self._write_relayed(ws, batch)
+                else:
+                    # One write (one syscall) and one flow-control wait per batch, not per frame.
+                    async with ws.send_context():
+                        for out in batch:
+                            _queue_frame(protocol, out)
+                        _write_joined(ws)
                 client.written += len(batch)
                 if self._drop_pending and client.written >= self._drop_after:
                     self._drop_pending = False
@@ -188,6 +192,15 @@ class Hub:
             log.exception("writer of client %d failed", client.id)
             ws.transport.abort()
 
+    async def _write_relayed(self, ws: ServerConnection, batch: list[Outgoing]) -> None:
+        """One write per frame with ``relay_gap`` seconds between them, like the gateway."""
+        for number, out in enumerate(batch):
+            if number:
+                await asyncio.sleep(self._relay_gap)
+            async with ws.send_context():
+                _queue_frame(ws.protocol, out)
+                _write_joined(ws)
+
     async def _drop(self, client: Client) -> None:
         """The ``drop_after`` fault: let written frames leave, then abort the TCP connection."""
         ws = client.connection
@@ -199,6 +212,13 @@ class Hub:
             async with asyncio.timeout(_FLUSH_BEFORE_DROP):
                 await ws.drain()
         transport.abort()
+
+
+def _queue_frame(protocol: ServerProtocol, out: Outgoing) -> None:
+    if out.binary:
+        protocol.send_binary(out.payload)
+    else:
+        protocol.send_text(out.payload)
 
 
 def _write_joined(ws: ServerConnection) -> None:

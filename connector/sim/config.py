@@ -7,8 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from connector.sim.decimals import SCALES, Scale
+
 Mode = Literal["backtest", "live"]
 IdField = Literal["event_id", "id"]
+BarTime = Literal["minute", "emission"]
+PositionTime = Literal["wall", "sim"]
 
 #: Timeframes the real server accepts, with their length in seconds.
 TIMEFRAMES: dict[str, int] = {
@@ -66,6 +70,13 @@ class SimConfig:
     queue_size: int = 1024
     # Data.
     data_file: Path | None = None
+    decimal_scale: Scale = "plain"
+    # Orders.
+    position_time: PositionTime = "wall"
+    fill_correlation_loss: float = 0.0
+    live_fill_delay: float = 0.5
+    live_fill_group: bool = False
+    live_bar_time: BarTime = "minute"
     # Transport: serve wss:// with this certificate chain and key (PEM) when both are set.
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -74,6 +85,8 @@ class SimConfig:
     malformed_every: int = 0
     drop_after: int = 0
     duplicate_every: int = 0
+    relay_gap: float = 0.0
+    close_frame_loss: float = 0.0
     # Lifecycle and bookkeeping.
     shutdown_grace: float = 0.5
     close_timeout: float = 2.0
@@ -96,6 +109,7 @@ class SimConfig:
             problems.append(f"mode must be 'backtest' or 'live', not {self.mode!r}")
         if self.id_field not in ("event_id", "id"):
             problems.append(f"id_field must be 'event_id' or 'id', not {self.id_field!r}")
+        problems.extend(self._choice_problems())
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535 (0 = any free port), not {self.port}")
         if not self.host:
@@ -119,6 +133,18 @@ class SimConfig:
             if path is not None and not path.is_file():
                 problems.append(f"{name} {str(path)!r} is not a readable file")
         return problems
+
+    def _choice_problems(self) -> list[str]:
+        choices: dict[str, tuple[object, tuple[str, ...]]] = {
+            "decimal_scale": (self.decimal_scale, SCALES),
+            "position_time": (self.position_time, ("wall", "sim")),
+            "live_bar_time": (self.live_bar_time, ("minute", "emission")),
+        }
+        return [
+            f"{name} must be one of {', '.join(allowed)}, not {value!r}"
+            for name, (value, allowed) in choices.items()
+            if value not in allowed
+        ]
 
     def _number_problems(self) -> list[str]:
         problems: list[str] = []
@@ -154,9 +180,17 @@ class SimConfig:
         for name, number in {
             "json_ping_interval": self.json_ping_interval,
             "shutdown_grace": self.shutdown_grace,
+            "live_fill_delay": self.live_fill_delay,
+            "relay_gap": self.relay_gap,
         }.items():
             if not (math.isfinite(number) and number >= 0):
                 problems.append(f"{name} must be a finite number >= 0, not {number}")
+        for name, number in {
+            "fill_correlation_loss": self.fill_correlation_loss,
+            "close_frame_loss": self.close_frame_loss,
+        }.items():
+            if not 0 <= number <= 1:
+                problems.append(f"{name} must be a probability in 0..1, not {number}")
         if math.isnan(self.rate) or self.rate < 0:
             problems.append(
                 f"rate must be >= 0 (0 = mock-feed pacing, inf = as fast as possible), "

@@ -7,7 +7,8 @@ Engine frames (candle, quote, order, trade, position, account, backtest_complete
 and, like the real relay, keys sorted at every level; ``financing`` comes from the engine too
 (sorted keys) but, as on the real server, without an id, so the engine does not wait for it.
 Server-generated frames (connection, data_staleness, rate_limit, error, ping) never carry an id
-and keep ``type`` first, as the gateway's own serialiser writes them.
+and keep ``type`` first, as the gateway's own serialiser writes them; so do live order frames,
+which the gateway builds itself from its provider's callbacks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any
 import orjson
 
 from connector.sim.config import SimConfig
-from connector.sim.fills import FillPayloads
 from connector.sim.market import Bar, Quote
 from connector.sim.timefmt import IsoClock, iso_seconds
 
@@ -75,13 +75,21 @@ class FrameFactory:
         payload = orjson.dumps(frame, option=_SORTED) if sort else orjson.dumps(frame)
         return Outgoing(payload, frame_type, event_id, symbol)
 
-    def candle(self, bar: Bar, *, with_id: bool = True, sort: bool | None = None) -> Outgoing:
+    def candle(
+        self,
+        bar: Bar,
+        *,
+        with_id: bool = True,
+        sort: bool | None = None,
+        bar_time: str | None = None,
+    ) -> Outgoing:
+        """A candle; ``bar_time`` replaces the bar start (the live mock stamps emission time)."""
         body = {
             "bar": {
                 "symbol": bar.symbol,
                 "provider": self._provider,
                 "timeframe": self._timeframe,
-                "timestamp": iso_seconds(bar.start),
+                "timestamp": bar_time or iso_seconds(bar.start),
                 "open": bar.open,
                 "high": bar.high,
                 "low": bar.low,
@@ -118,26 +126,30 @@ class FrameFactory:
             "quote", {"quote": inner}, symbol=quote.symbol, with_id=with_id, sort=self._pick(sort)
         )
 
-    def fill_group(self, fill: FillPayloads, symbol: str) -> list[Outgoing]:
-        """Order, trade, account and position frames of one fill, each with its own id."""
-        parts: list[tuple[str, dict[str, Any]]] = [
-            ("order", {"event": fill.order_event, "order": fill.order}),
-            ("trade", {"event": "TRADE_FILLED", "trade": fill.trade}),
-            ("account", {"event": "BALANCE_UPDATED", "account": fill.account}),
-            ("position", {"event": fill.position_event, "position": fill.position}),
-        ]
-        return [
-            self._engine(kind, body, symbol=symbol, with_id=True, sort=self._sort)
-            for kind, body in parts
-        ]
+    def engine_event(self, frame_type: str, body: dict[str, Any], symbol: str) -> Outgoing:
+        """An order/trade/account/position frame from the backtest engine: with an id."""
+        return self._engine(frame_type, body, symbol=symbol, with_id=True, sort=self._sort)
+
+    def live_event(self, frame_type: str, body: dict[str, Any], symbol: str) -> Outgoing:
+        """The same from the live gateway: ``type`` first, an id only in documentation style."""
+        return self._engine(
+            frame_type, body, symbol=symbol, with_id=self._id_field == "id", sort=False
+        )
 
     def financing(self, symbol: str, amount: str) -> Outgoing:
         body = {"symbol": symbol, "amount": amount}
         return self._engine("financing", body, symbol=symbol, with_id=False, sort=self._sort)
 
     def backtest_complete(self, *, with_id: bool) -> Outgoing:
+        """The end of a run, naming the broker: with an id from the engine's clean end; without
+        one (built by the gateway itself, so ``type`` first) when the run halted or the engine
+        just closed."""
         return self._engine(
-            "backtest_complete", {}, symbol=None, with_id=with_id, sort=self._sort and with_id
+            "backtest_complete",
+            {"broker": self._provider},
+            symbol=None,
+            with_id=with_id,
+            sort=self._sort and with_id,
         )
 
     def _pick(self, sort: bool | None) -> bool:

@@ -10,6 +10,10 @@ Three pacings:
 
 ``count`` bounds the total number of market frames; the run then ends with outcome ``"sent"``.
 Symbols the broker link reports stale are skipped until it reconnects (gaps are not replayed).
+
+Orders placed over REST behave as on the gateway's mock provider: ORDER_CREATED at once, the fill
+``live_fill_delay`` (0.5 s) later at the symbol's current price. Limit and stop orders fill when
+a new bar's price reaches them.
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from decimal import Decimal
 
 from connector.sim.broker import Broker
 from connector.sim.clients import Hub
 from connector.sim.config import SimConfig
+from connector.sim.desk import Desk, OrderEvent
 from connector.sim.frames import FrameFactory, Outgoing
 from connector.sim.market import Bar, BarSource, quote_from_last
+from connector.sim.orders import Order
 from connector.sim.record import Outcome, Record
 from connector.sim.timefmt import FRACTION_WIDTHS, NANOS
 
@@ -43,14 +50,18 @@ class LiveFeed:
         record: Record,
         source: BarSource,
         broker: Broker,
+        desk: Desk,
     ) -> None:
         self._config = config
+        self._desk = desk
+        self._fill_timers: set[asyncio.TimerHandle] = set()
         self._frames = frames
         self._hub = hub
         self._record = record
         self._source = source
         self._broker = broker
         self._with_id = config.id_field == "id"  # documentation-style servers id live frames too
+        self._emission_time = config.live_bar_time == "emission"
         self._timeframe_s = config.timeframe_seconds
         self._bars: dict[str, Bar] = {}
         self._emitted = 0
@@ -64,6 +75,46 @@ class LiveFeed:
     @property
     def done(self) -> bool:
         return self._limit is not None and self._emitted >= self._limit
+
+    # The order flow (what the desk asks of the run) ------------------------------------------
+
+    def order_clock(self) -> tuple[int | None, bool]:
+        return None, False  # no bars to count, nothing waits for acks
+
+    def closed_reason(self) -> str | None:
+        return None
+
+    def sim_time(self) -> str:
+        return self._frames.clock.now()
+
+    def order_accepted(self, order: Order, events: list[OrderEvent]) -> None:
+        self.order_events(events)
+        if order.request.order_type == "MARKET":
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self._config.live_fill_delay, self._fill_market, order.id)
+            self._fill_timers.add(timer)
+
+    def order_events(self, events: list[OrderEvent]) -> None:
+        live_event = self._frames.live_event
+        for event in events:
+            self._hub.emit(live_event(event.kind, event.body, event.symbol))
+
+    def stop(self) -> None:
+        """Forget fills not yet due (the run is over)."""
+        for timer in self._fill_timers:
+            timer.cancel()
+        self._fill_timers.clear()
+
+    def _fill_market(self, order_id: str) -> None:
+        self._fill_timers = {timer for timer in self._fill_timers if not timer.cancelled()}
+        symbol = self._desk.order_symbol(order_id)
+        if symbol is not None:
+            self.order_events(self._desk.fill_market(order_id, self._price(symbol)))
+
+    def _price(self, symbol: str) -> Decimal:
+        """The symbol's current price: its last bar's close, or where the source stands."""
+        bar = self._bars.get(symbol)
+        return Decimal(bar.close if bar is not None else self._source.current_price(symbol))
 
     async def run(self) -> Outcome:
         config = self._config
@@ -155,8 +206,11 @@ class LiveFeed:
         if kind == "quote":
             out = self._quote(symbol)
         else:
-            bar = self._bars.get(symbol) or self._new_bar(symbol, frames.clock.now_ns())
-            out = frames.candle(bar, with_id=self._with_id, sort=False)
+            now_ns = frames.clock.now_ns()
+            bar = self._bars.get(symbol) or self._new_bar(symbol, now_ns)
+            # The gateway's mock stamps a candle with the instant it sends it, to the nanosecond.
+            bar_time = frames.clock.format_ns(now_ns, 9) if self._emission_time else None
+            out = frames.candle(bar, with_id=self._with_id, sort=False, bar_time=bar_time)
         hub.emit(out)
         self._emitted += 1
         self._record.market_frames = self._emitted
@@ -169,6 +223,9 @@ class LiveFeed:
         span = self._timeframe_s
         bar = self._source.next_bar(symbol, now_ns // NANOS // span * span)
         self._bars[symbol] = bar
+        fills = self._desk.on_live_price(symbol, bar.close)
+        if fills:
+            self.order_events(fills)
         return bar
 
     def _quote(self, symbol: str) -> Outgoing:
@@ -178,7 +235,7 @@ class LiveFeed:
         width = FRACTION_WIDTHS[self._quotes % len(FRACTION_WIDTHS)]
         self._quotes += 1
         return self._frames.quote(
-            quote_from_last(symbol, bar.close),
+            quote_from_last(symbol, bar.close, self._config.decimal_scale),
             clock.format_ns(now_ns, width),
             with_id=self._with_id,
             sort=False,

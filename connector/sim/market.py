@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Protocol
 
+from connector.sim.decimals import Scale, dec_str, full_scale
 from connector.sim.timefmt import parse_iso_seconds
 
 #: Seed prices of the real server's mock feed; any other symbol starts at 100.
@@ -73,15 +74,22 @@ def seed_price(symbol: str) -> Decimal:
     return SEED_PRICES.get(canonical_symbol(symbol), DEFAULT_SEED_PRICE)
 
 
-def dec_str(value: Decimal) -> str:
-    """Fixed-point text, never scientific notation (``1E+2`` is a valid Decimal, not a price)."""
-    return format(value, "f")
+def quote_from_last(symbol: str, last: Decimal | str, scale: Scale = "plain") -> Quote:
+    """Bid/ask around ``last`` with spread max(0.01 %, 0.01), as the real mock feed does.
 
-
-def quote_from_last(symbol: str, last: Decimal | str) -> Quote:
-    """Bid/ask around ``last`` with spread max(0.01 %, 0.01), as the real mock feed does."""
+    ``plain`` rounds the half-spread to two digits more than the price has; ``full`` leaves it
+    at the server's 28-digit scale.
+    """
     price = Decimal(last)
     spread = max(price * _SPREAD_RATIO, _MIN_SPREAD)
+    if scale == "full":
+        half = full_scale(spread / _TWO)
+        return Quote(
+            symbol=symbol,
+            bid=dec_str(full_scale(price - half)),
+            ask=dec_str(full_scale(price + half)),
+            last=dec_str(price),
+        )
     places = max(-_exponent(price), 2) + 2
     half = (spread / _TWO).quantize(Decimal(1).scaleb(-places))
     return Quote(
@@ -101,17 +109,23 @@ class PriceWalk:
     """One symbol's random walk of at most ±0.1 % per step, seeded by (seed, symbol).
 
     Seeding per symbol keeps a symbol's series the same whatever other symbols are configured.
+    The ``plain`` scale rounds prices to cents (5 places below 10); ``full`` keeps every digit
+    the server's decimal type would, as the real mock feed does. Both draw the same numbers.
     """
 
     __slots__ = ("_quantum", "_rng", "price", "symbol")
 
-    def __init__(self, symbol: str, seed: int) -> None:
+    def __init__(self, symbol: str, seed: int, scale: Scale = "plain") -> None:
         self.symbol = symbol
         self._rng = random.Random(f"{seed}:{symbol}")
         start = seed_price(symbol)
         places = 2 if start >= 10 else 5
-        self._quantum = Decimal(1).scaleb(-places)
-        self.price = start.quantize(self._quantum)
+        self._quantum: Decimal | None = None if scale == "full" else Decimal(1).scaleb(-places)
+        self.price = self._round(start)
+
+    def _round(self, value: Decimal) -> Decimal:
+        quantum = self._quantum
+        return full_scale(value) if quantum is None else value.quantize(quantum)
 
     def _draw(self, low: int, high: int) -> int:
         # random() is several times cheaper than randint() and just as deterministic.
@@ -119,12 +133,12 @@ class PriceWalk:
 
     def next_bar(self, start: int) -> Bar:
         """Advance one step: open is the previous close, high/low wiggle a little beyond both."""
-        quantum = self._quantum
+        rounded = self._round
         open_ = self.price
-        close = (open_ + open_ * self._draw(-_MAX_STEP, _MAX_STEP) / _STEP_SCALE).quantize(quantum)
+        close = rounded(open_ + open_ * self._draw(-_MAX_STEP, _MAX_STEP) / _STEP_SCALE)
         top, bottom = (open_, close) if open_ >= close else (close, open_)
-        high = (top + top * self._draw(0, _MAX_STEP // 2) / _STEP_SCALE).quantize(quantum)
-        low = (bottom - bottom * self._draw(0, _MAX_STEP // 2) / _STEP_SCALE).quantize(quantum)
+        high = rounded(top + top * self._draw(0, _MAX_STEP // 2) / _STEP_SCALE)
+        low = rounded(bottom - bottom * self._draw(0, _MAX_STEP // 2) / _STEP_SCALE)
         volume = self._draw(1000, 9999)
         self.price = close
         return Bar(
@@ -149,18 +163,25 @@ class BarSource(Protocol):
         """The symbol's next bar for the live feed; replays cycle when they reach the end."""
         ...
 
+    def current_price(self, symbol: str) -> str:
+        """The price the symbol trades at now (live fills): where its next bar opens."""
+        ...
+
 
 class GeneratedBars:
     """Deterministic random walks for every symbol; never runs out."""
 
-    def __init__(self, symbols: Sequence[str], seed: int) -> None:
-        self._walks = {symbol: PriceWalk(symbol, seed) for symbol in symbols}
+    def __init__(self, symbols: Sequence[str], seed: int, scale: Scale = "plain") -> None:
+        self._walks = {symbol: PriceWalk(symbol, seed, scale) for symbol in symbols}
 
     def step(self, index: int, start: int) -> list[Bar] | None:
         return [walk.next_bar(start) for walk in self._walks.values()]
 
     def next_bar(self, symbol: str, start: int) -> Bar:
         return self._walks[symbol].next_bar(start)
+
+    def current_price(self, symbol: str) -> str:
+        return dec_str(self._walks[symbol].price)
 
 
 class CsvBars:
@@ -195,6 +216,9 @@ class CsvBars:
         self._cursor[symbol] = (position + 1) % len(rows)
         bar = rows[position]
         return Bar(symbol, start, bar.open, bar.high, bar.low, bar.close, bar.volume)
+
+    def current_price(self, symbol: str) -> str:
+        return self._per_symbol[symbol][self._cursor[symbol]].open
 
 
 def read_csv_bars(path: Path) -> list[Bar]:
@@ -233,8 +257,13 @@ def _bar_from_row(cells: dict[str, str]) -> Bar:
     return Bar(symbol, start, **prices)
 
 
-def load_source(symbols: Sequence[str], seed: int, data_file: Path | None) -> BarSource:
-    """The configured source: the CSV replay when a file is given, else the generated walk."""
+def load_source(
+    symbols: Sequence[str], seed: int, data_file: Path | None, scale: Scale = "plain"
+) -> BarSource:
+    """The configured source: the CSV replay when a file is given, else the generated walk.
+
+    ``scale`` only shapes the generated walk: replayed prices are kept exactly as written.
+    """
     if data_file is None:
-        return GeneratedBars(symbols, seed)
+        return GeneratedBars(symbols, seed, scale)
     return CsvBars(read_csv_bars(data_file), symbols)

@@ -51,11 +51,50 @@ class RejectedAck:
 
 @dataclass(slots=True)
 class StepRecord:
+    """One backtest step; ``kind`` is ``bar`` (candles), ``orders`` (order events such as
+    ORDER_CREATED) or ``fills`` (the fills at bar ``index``'s open, emitted before its candles)."""
+
     index: int
     ids: list[str]
     emitted_at: float
     completed_at: float | None = None
     timed_out: bool = False
+    kind: str = "bar"
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    """One order, with what a benchmark needs for fill lag: ``fill_bar - signal_bar - 1``.
+
+    ``received_step`` is the last bar index emitted when the order arrived (None before the
+    first bar): the strategy's signal bar if it ordered before acknowledging that bar.
+    ``fill_step`` is the bar whose open filled it. Live orders have no bars: only times.
+    """
+
+    order_id: str
+    client_order_id: str | None
+    correlation_id: str | None
+    symbol: str
+    side: str
+    order_type: str
+    quantity: str
+    received_at: float
+    received_wall: float
+    received_step: int | None
+    received_while_pending: bool  # a step was waiting for acks when the order arrived
+    synthetic: bool = False  # made by the fill_every option, not by a REST request
+    status: str = "OPEN"
+    fill_step: int | None = None
+    fill_price: str | None = None
+    filled_at: float | None = None
+    cancelled_at: float | None = None
+
+    @property
+    def fill_lag(self) -> int | None:
+        """Bars between the signal bar and the fill, beyond the one a fill always takes."""
+        if self.fill_step is None or self.received_step is None:
+            return None
+        return self.fill_step - self.received_step - 1
 
 
 @dataclass(slots=True)
@@ -89,7 +128,9 @@ class Record:
     steps: list[StepRecord] = field(default_factory=list)
     connections: list[ConnectionRecord] = field(default_factory=list)
     auth_failures: list[AuthFailure] = field(default_factory=list)
+    orders: list[OrderRecord] = field(default_factory=list)
     controls: list[str] = field(default_factory=list)
+    http_requests: int = 0
     json_pongs: int = 0
     ignored_client_frames: int = 0
     dropped: dict[int, int] = field(default_factory=dict)
@@ -123,6 +164,20 @@ class Record:
 
     def frames_of_type(self, frame_type: str) -> list[SentFrame]:
         return [frame for frame in self.sent if frame.type == frame_type]
+
+    def order(self, order_id: str) -> OrderRecord | None:
+        for order in self.orders:
+            if order.order_id == order_id:
+                return order
+        return None
+
+    def fill_lags(self) -> list[int]:
+        """Fill lag of every filled backtest order placed through the REST API."""
+        return [
+            lag
+            for order in self.orders
+            if not order.synthetic and (lag := order.fill_lag) is not None
+        ]
 
     # Waiting -------------------------------------------------------------------------------
 
@@ -166,6 +221,9 @@ class Record:
                 "json_pongs": self.json_pongs,
                 "ignored_client_frames": self.ignored_client_frames,
                 "dropped": self.total_dropped(),
+                "orders": sum(1 for order in self.orders if not order.synthetic),
+                "fills": sum(1 for order in self.orders if order.status == "FILLED"),
+                "http_requests": self.http_requests,
             },
             "dropped": {str(client): count for client, count in self.dropped.items()},
         }
@@ -180,5 +238,12 @@ class Record:
             summary["steps"] = [asdict(step) for step in self.steps]
             summary["connections"] = [asdict(conn) for conn in self.connections]
             summary["auth_failures"] = [asdict(failure) for failure in self.auth_failures]
+            summary["orders"] = [_order_dict(order) for order in self.orders]
             summary["controls"] = list(self.controls)
         return summary
+
+
+def _order_dict(order: OrderRecord) -> dict[str, Any]:
+    entry = asdict(order)
+    entry["fill_lag"] = order.fill_lag
+    return entry

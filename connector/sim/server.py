@@ -1,12 +1,16 @@
-"""The HTTP/WebSocket face of the simulator: paths, auth, control endpoints, connections, shutdown.
+"""The HTTP/WebSocket face of the simulator: one port for the stream, the REST API and controls.
+
+Every connection starts with the :class:`~connector.sim.front.FrontDoor` (see front.py): a
+WebSocket upgrade is handed to websockets, everything else is answered here.
 
 * ``/ws`` (the docs' path) and ``/v1/ws`` (the current server's) upgrade to WebSocket. No greeting
   is sent: the socket is ready as soon as the upgrade succeeds.
-* With an API key configured, the upgrade must carry ``Authorization: Bearer <key>`` or
-  ``X-API-Key: <key>``; otherwise HTTP 401 before the upgrade, recorded in ``auth_failures``.
-* ``GET /control/<name>?...`` runs a runtime control and ``GET /report`` returns the report; both
-  are plain HTTP answered during the handshake (``process_request``), so ``curl`` works. They
-  need the API key too when one is configured.
+* ``/v1/...``: the REST order surface (rest.py), as the gateway serves it next to the stream.
+* ``/health``, ``/livez``, ``/readyz``: unversioned probes that need no key.
+* ``GET /control/<name>?...`` runs a runtime control and ``GET /report`` returns the report.
+* With an API key configured, everything but the probes needs ``Authorization: Bearer <key>``
+  or ``X-API-Key: <key>``; otherwise HTTP 401 (before any upgrade) with the gateway's error body,
+  recorded in ``auth_failures``.
 * Everything else is 404.
 
 Protocol-level pings are answered by websockets itself; the ``answer_pings`` fault suppresses
@@ -15,14 +19,16 @@ the PONG frames by filtering the sans-I/O protocol's ``send_frame``, switchable 
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import http
 import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, cast
+from urllib.parse import urlsplit
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,18 +39,26 @@ from websockets.server import ServerProtocol
 
 from connector.sim.clients import Client, Hub
 from connector.sim.config import SimConfig
+from connector.sim.front import FrontDoor, HttpRequest, HttpResponse
 from connector.sim.record import AuthFailure, ConnectionRecord, Record
+from connector.sim.rest import RestApi
 
 log = logging.getLogger(__name__)
 
 WS_PATHS = ("/ws", "/v1/ws")
 CONTROL_PREFIX = "/control/"
 REPORT_PATH = "/report"
+API_PREFIX = "/v1/"
+PROBE_PATHS = ("/health", "/livez", "/readyz")
+#: The close reason the gateway gives when it shuts down.
+SHUTDOWN_REASON = "Gateway shutting down"
 
 #: A control: (name, query parameters) -> JSON-friendly answer. KeyError = unknown (404),
 #: ValueError = bad parameter (400).
 ControlHandler = Callable[[str, dict[str, str]], dict[str, Any]]
 FrameHandler = Callable[[Client, str | bytes], None]
+#: The health probes' view of the run: (ready, stale symbols).
+HealthView = Callable[[], tuple[bool, list[str]]]
 
 
 class PongGate:
@@ -64,10 +78,13 @@ class PongGate:
         protocol.send_frame = send_frame  # type: ignore[method-assign]
 
 
-def auth_header_used(request: Request, api_key: str | None) -> tuple[bool, str | None, str]:
-    """Check the key like the server does: (accepted, header that carried a key, reason)."""
-    bearer = request.headers.get("Authorization")
-    api_key_header = request.headers.get("X-API-Key")
+def auth_header_used(
+    bearer: str | None, api_key_header: str | None, api_key: str | None
+) -> tuple[bool, str | None, str]:
+    """Check the key like the server does: (accepted, header that carried a key, reason).
+
+    ``bearer`` is the ``Authorization`` header, ``api_key_header`` the ``X-API-Key`` one.
+    """
     header = "authorization" if bearer is not None else "x-api-key" if api_key_header else None
     if api_key is None:
         return True, header, "no key configured"
@@ -83,6 +100,15 @@ def auth_header_used(request: Request, api_key: str | None) -> tuple[bool, str |
     return False, header, "wrong key"
 
 
+def unauthorized_body(reason: str) -> dict[str, Any]:
+    """The gateway's 401 body: API key missing, or present but wrong."""
+    if reason == "missing credentials":
+        message, code = "Unauthorized: API key required", "MISSING_API_KEY"
+    else:
+        message, code = "Unauthorized: Invalid API key", "INVALID_API_KEY"
+    return {"code": "UNAUTHORIZED", "message": message, "details": {"code": code}}
+
+
 class SimServer:
     """Owns the websockets server; hands connections to the hub and client frames onward."""
 
@@ -94,6 +120,8 @@ class SimServer:
         controls: ControlHandler,
         on_frame: FrameHandler,
         pong_gate: PongGate,
+        rest: RestApi,
+        health: HealthView,
     ) -> None:
         self._config = config
         self._hub = hub
@@ -101,8 +129,11 @@ class SimServer:
         self._controls = controls
         self._on_frame = on_frame
         self._pongs = pong_gate
+        self._rest = rest
+        self._health = health
         self._server: Server | None = None
         self._port: int | None = None
+        self._doors: set[FrontDoor] = set()  # connections still speaking plain HTTP
 
     async def start(self) -> None:
         self._server = await serve(
@@ -110,6 +141,8 @@ class SimServer:
             self._config.host,
             self._config.port,
             process_request=self._process_request,
+            # websockets documents this hook for wrappers: ours puts the HTTP front first.
+            create_connection=cast(type[ServerConnection], self._front_door),
             # The real server negotiates no compression and sends no keepalive pings.
             compression=None,
             ping_interval=None,
@@ -136,61 +169,136 @@ class SimServer:
     def serving(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
-    async def close(self) -> None:
-        """Stop listening and close every connection with 1001 (going away)."""
+    async def close(self, *, lose: Callable[[ServerConnection], bool] | None = None) -> None:
+        """Stop listening, close plain HTTP connections, close every WebSocket with 1001.
+
+        ``lose(connection)`` True aborts that WebSocket's TCP connection instead of sending the
+        close frame: the gateway's process sometimes exits before its close frame leaves.
+        """
         if self._server is None:
             return
-        self._server.close(close_connections=True)
+        for door in list(self._doors):
+            door.close()
+        if lose is not None:
+            lost = [conn for conn in self._server.connections if lose(conn)]
+            for connection in lost:
+                connection.transport.abort()
+            if lost:
+                await asyncio.sleep(0)  # let the aborted connections see their loss first
+        self._server.close(close_connections=True, reason=SHUTDOWN_REASON)
         await self._server.wait_closed()
 
-    # HTTP ----------------------------------------------------------------------------------
+    def _front_door(self, protocol: ServerProtocol, server: Server, **options: Any) -> FrontDoor:
+        """websockets' connection factory, wrapped: the door builds the connection on upgrade."""
+
+        def upgrade() -> ServerConnection:
+            return ServerConnection(protocol, server, **options)
+
+        return FrontDoor(self._http, upgrade, self._doors)
+
+    # WebSocket handshake -------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        url = urlsplit(request.path)
-        path = url.path
-        is_control = path == REPORT_PATH or path.startswith(CONTROL_PREFIX)
-        if path not in WS_PATHS and not is_control:
+        path = urlsplit(request.path).path
+        if path not in WS_PATHS:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
-        # The controls can stop the server, so they take the same key as the upgrade.
-        accepted, header, reason = auth_header_used(request, self._config.api_key)
+        headers = request.headers
+        accepted, header, reason = auth_header_used(
+            headers.get("Authorization"), headers.get("X-API-Key"), self._config.api_key
+        )
         if not accepted:
-            self._record.auth_failures.append(
-                AuthFailure(time=time.monotonic(), path=path, reason=reason, header=header)
-            )
-            self._record.changed()
-            log.info("rejected request for %s: %s", path, reason)
-            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Unauthorized\n")
+            self._auth_failed(path, reason, header)
+            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "")
+            _set_json_body(response, unauthorized_body(reason))
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        if is_control:
-            return self._http_control(connection, path, dict(parse_qsl(url.query)))
         self._pongs.install(connection.protocol)
         return None
 
-    def _http_control(
-        self, connection: ServerConnection, path: str, params: dict[str, str]
-    ) -> Response:
+    def _auth_failed(self, path: str, reason: str, header: str | None) -> None:
+        self._record.auth_failures.append(
+            AuthFailure(time=time.monotonic(), path=path, reason=reason, header=header)
+        )
+        self._record.changed()
+        log.info("rejected request for %s: %s", path, reason)
+
+    # Plain HTTP ----------------------------------------------------------------------------
+
+    def _http(self, request: HttpRequest) -> HttpResponse:
+        """Every request that is not an upgrade: probes, then the key, then the routes."""
+        self._record.http_requests += 1
+        path = request.path
+        if path in PROBE_PATHS:
+            return self._probe(request)
+        if not self._known(path):
+            return HttpResponse.text(404, "Not Found\n")
+        # The controls can stop the server, so they take the same key as the upgrade.
+        accepted, header, reason = auth_header_used(
+            request.header("authorization"), request.header("x-api-key"), self._config.api_key
+        )
+        if not accepted:
+            self._auth_failed(path, reason, header)
+            response = HttpResponse.json(401, unauthorized_body(reason))
+            response.headers.append(("WWW-Authenticate", "Bearer"))
+            return response
+        if path in WS_PATHS:
+            return HttpResponse.text(426, "Upgrade Required: this path speaks WebSocket\n")
+        if path.startswith(API_PREFIX):
+            return self._rest.handle(request)
+        return self._control(request)
+
+    @staticmethod
+    def _known(path: str) -> bool:
+        prefixes = (CONTROL_PREFIX, API_PREFIX)
+        return path in WS_PATHS or path == REPORT_PATH or path.startswith(prefixes)
+
+    def _probe(self, request: HttpRequest) -> HttpResponse:
+        """``/livez`` (up), ``/readyz`` (serving), ``/health`` (broker link fresh or degraded)."""
+        if request.method != "GET":
+            return _not_allowed("GET")
+        ready, stale = self._health()
+        provider = self._config.provider
+        if request.path == "/livez":
+            return HttpResponse.json(200, {"status": "ok"})
+        if request.path == "/readyz":
+            body: dict[str, Any] = {"ready": ready, "providers": [provider], "provider_count": 1}
+            if not ready:
+                body["message"] = "shutting down"
+            return HttpResponse.json(200 if ready else 503, body)
+        detail: dict[str, Any] = {"platform": provider, "connected": not stale}
+        if stale:
+            detail["stale_instruments"] = stale
+        return HttpResponse.json(
+            200,
+            {
+                "status": "degraded" if stale else "connected",
+                "providers": [detail],
+                "version": _version(),
+                "git_sha": "unknown",
+            },
+        )
+
+    def _control(self, request: HttpRequest) -> HttpResponse:
+        if request.method != "GET":
+            return _not_allowed("GET")
+        path = request.path
         name = "report" if path == REPORT_PATH else path.removeprefix(CONTROL_PREFIX)
         try:
-            status, body = http.HTTPStatus.OK, self._controls(name, params)
+            return HttpResponse.json(200, self._controls(name, request.query))
         except KeyError:
-            status, body = http.HTTPStatus.NOT_FOUND, {"ok": False, "error": f"no control {name}"}
+            return HttpResponse.json(404, {"ok": False, "error": f"no control {name}"})
         except ValueError as exc:
-            status, body = http.HTTPStatus.BAD_REQUEST, {"ok": False, "error": str(exc)}
-        response = connection.respond(status, "")
-        response.body = orjson.dumps(body)
-        del response.headers["Content-Type"]
-        del response.headers["Content-Length"]
-        response.headers["Content-Type"] = "application/json"
-        response.headers["Content-Length"] = str(len(response.body))
-        return response
+            return HttpResponse.json(400, {"ok": False, "error": str(exc)})
 
     # WebSocket -----------------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None  # the handler only runs after a successful handshake
-        _, header, _ = auth_header_used(request, None)
+        headers = request.headers
+        _, header, _ = auth_header_used(
+            headers.get("Authorization"), headers.get("X-API-Key"), None
+        )
         remote = ws.remote_address
         info = ConnectionRecord(
             client_id=self._hub.next_client_id(),
@@ -212,3 +320,24 @@ class SimServer:
             await ws.wait_closed()
             await self._hub.remove(client)
             log.info("client %d disconnected (code %s)", client.id, info.close_code)
+
+
+def _not_allowed(allowed: str) -> HttpResponse:
+    response = HttpResponse.text(405, "Method Not Allowed\n")
+    response.headers.append(("Allow", allowed))
+    return response
+
+
+def _set_json_body(response: Response, body: dict[str, Any]) -> None:
+    response.body = orjson.dumps(body)
+    del response.headers["Content-Type"]
+    del response.headers["Content-Length"]
+    response.headers["Content-Type"] = "application/json"
+    response.headers["Content-Length"] = str(len(response.body))
+
+
+def _version() -> str:
+    try:
+        return version("connector")
+    except PackageNotFoundError:
+        return "unknown"

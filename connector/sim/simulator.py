@@ -1,9 +1,9 @@
 """The public face of the simulator: start, run, control, stop, report.
 
 :class:`Simulator` wires the pieces (server, hub of clients, backtest engine or live feed, broker
-link, record) and exposes the runtime controls tests and users need to provoke the situations
-the real server produces: broker outages, rate limits, errors, JSON pings, dead connections and
-a graceful shutdown.
+link, trading desk, record) and exposes the runtime controls tests and users need to provoke the
+situations the real server produces: broker outages, rate limits, errors, JSON pings, dead
+connections and a graceful shutdown.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from types import TracebackType
@@ -22,11 +23,13 @@ from connector.sim.backtest import Backtest
 from connector.sim.broker import Broker
 from connector.sim.clients import Client, Hub
 from connector.sim.config import SimConfig
+from connector.sim.desk import Desk
 from connector.sim.frames import FrameFactory, Outgoing
 from connector.sim.inbound import Ack, Ignored, Pong, RejectedAckFrame, parse_client_frame
 from connector.sim.live import LiveFeed
 from connector.sim.market import load_source
 from connector.sim.record import AckRecord, Outcome, Record, RejectedAck
+from connector.sim.rest import RestApi
 from connector.sim.server import PongGate, SimServer
 from connector.sim.timefmt import IsoClock
 
@@ -49,10 +52,19 @@ class Simulator:
         self.frames = FrameFactory(self.config, clock)
         self.hub = Hub(self.config, self.record)
         self.broker = Broker(self.frames, self.hub.emit, self.config.symbols, self.config.provider)
+        self.desk = Desk(self.config, self.record, self.frames.clock)
         self._pongs = PongGate(self.config.answer_pings)
         self._server = SimServer(
-            self.config, self.hub, self.record, self.control, self._on_client_frame, self._pongs
+            self.config,
+            self.hub,
+            self.record,
+            self.control,
+            self._on_client_frame,
+            self._pongs,
+            RestApi(self.desk),
+            self._health,
         )
+        self._faults = random.Random(f"{self.config.seed}:faults")
         self._engine: Backtest | None = None
         self._feed: LiveFeed | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -70,16 +82,19 @@ class Simulator:
             raise RuntimeError("the simulator was already started")
         self._started = True
         config = self.config
-        source = load_source(config.symbols, config.seed, config.data_file)
+        source = load_source(config.symbols, config.seed, config.data_file, config.decimal_scale)
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
         await self._server.start()
+        parts = (config, self.frames, self.hub, self.record, source, self.broker, self.desk)
         run: Callable[[], Coroutine[Any, Any, Outcome]]
         if config.mode == "backtest":
-            self._engine = Backtest(config, self.frames, self.hub, self.record, source, self.broker)
+            self._engine = Backtest(*parts)
+            self.desk.attach(self._engine)
             run = self._engine.run
         else:
-            self._feed = LiveFeed(config, self.frames, self.hub, self.record, source, self.broker)
+            self._feed = LiveFeed(*parts)
+            self.desk.attach(self._feed)
             run = self._feed.run
         runner = loop.create_task(run(), name="sim-runner")
         runner.add_done_callback(self._runner_done)
@@ -142,14 +157,25 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._finish("stopped")
+        if self._feed is not None:
+            self._feed.stop()
         if self._server.serving:
             self.hub.emit(self.frames.connection("DISCONNECTING"))
             await asyncio.sleep(self.config.shutdown_grace)
-            await self._server.close()
+            await self._server.close(lose=self._close_frame_lost)
         for client in list(self.hub.clients.values()):
             await self.hub.remove(client)
         self._stopped.set()
         log.info("simulator stopped")
+
+    def _close_frame_lost(self, connection: object) -> bool:
+        """The ``close_frame_loss`` fault: this connection drops instead of closing."""
+        loss = self.config.close_frame_loss
+        return loss > 0 and self._faults.random() < loss
+
+    def _health(self) -> tuple[bool, list[str]]:
+        """For the probes: (still serving, symbols whose broker data is stale)."""
+        return not self._stopped.is_set() and self._stop_task is None, sorted(self.broker.stale)
 
     async def __aenter__(self) -> Self:
         await self.start()

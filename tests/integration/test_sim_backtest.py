@@ -179,15 +179,22 @@ async def test_malformed_acks_are_rejected_and_do_not_release() -> None:
 async def test_halts_before_the_first_good_ack() -> None:
     config = fast(steps=20, step_timeout=0.02, halt_before_first_ack=3, halt_after_timeouts=1)
     async with Simulator(config) as sim, connect(sim.url) as ws:
-        await recv(ws)
+        frames = [await recv(ws) for _ in range(10)]
         assert await finished(sim) == "halted"
+        # Like the gateway: an id-less backtest_complete, and the socket stays open.
+        assert frames[-1]["type"] == "backtest_complete"
+        assert set(frames[-1]) == {"type", "broker", "timestamp"}
+        assert frames[-1]["broker"] == "tektii"
+        async with asyncio.timeout(LIMIT):
+            await (await ws.ping())
+        assert sim.record.frames_of_type("connection") == []  # no DISCONNECTING, no close
     record = sim.record
     assert record.halted
     assert not record.completed
     assert len(record.steps) == 3
     assert all(step.timed_out for step in record.steps)
     assert record.timeouts == 3
-    assert record.frames_of_type("backtest_complete") == []
+    assert [f.event_id for f in record.frames_of_type("backtest_complete")] == [None]
 
 
 async def test_halts_after_consecutive_timeouts_once_acked() -> None:
@@ -241,8 +248,23 @@ async def test_backtest_complete_without_an_id() -> None:
     async with Simulator(fast(steps=1, complete_with_id=False)) as sim, connect(sim.url) as ws:
         await ws.send(ack([f["event_id"] for f in await recv_n(ws, 3)]))
         complete = await recv(ws)
-        assert set(complete) == {"type", "timestamp"}
+        assert set(complete) == {"type", "broker", "timestamp"}
         assert await finished(sim) == "completed"
+
+
+async def test_after_a_clean_end_the_socket_stays_open() -> None:
+    async with Simulator(fast(steps=1)) as sim, connect(sim.url) as ws:
+        await ws.send(ack([f["event_id"] for f in await recv_n(ws, 3)]))
+        complete = await recv(ws)
+        assert set(complete) == {"type", "broker", "event_id", "timestamp"}
+        assert list(complete) == sorted(complete)
+        await ws.send(ack([complete["event_id"]]))
+        assert await finished(sim) == "completed"
+        # No DISCONNECTING, no close: the client has to leave by itself.
+        async with asyncio.timeout(LIMIT):
+            await (await ws.ping())
+        assert sim.record.frames_of_type("connection") == []
+        assert sim.client_count == 1
 
 
 async def test_events_emitted_while_nobody_listens_are_never_resent() -> None:

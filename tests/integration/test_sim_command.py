@@ -69,17 +69,12 @@ async def test_a_completed_backtest_exits_0(tmp_path: Path) -> None:
         while True:
             async with asyncio.timeout(LIMIT):
                 frame = orjson.loads(await ws.recv())
-            if "event_id" in frame:
-                ack = {
-                    "type": "event_ack",
-                    "correlation_id": str(uuid.uuid4()),
-                    "events_processed": [frame["event_id"]],
-                    "timestamp": int(time.time() * 1000),
-                }
-                await ws.send(orjson.dumps(ack).decode())
-            if frame.get("type") == "connection":
-                assert frame["event"] == "DISCONNECTING"
+            await ws.send(ack(frame["event_id"]))
+            if frame.get("type") == "backtest_complete":
                 break
+        # As on the gateway the socket stays open after the end: the client leaves by itself,
+        # and only then does the command stop.
+        assert process.returncode is None
     code, err = await finish(process)
     assert code == 0, err
     assert "completed" in err
@@ -87,6 +82,68 @@ async def test_a_completed_backtest_exits_0(tmp_path: Path) -> None:
     assert data["outcome"] == "completed"
     assert data["complete_acked"] is True
     assert data["counts"]["acked_ids"] == 7
+
+
+def ack(event_id: str) -> str:
+    frame = {
+        "type": "event_ack",
+        "correlation_id": str(uuid.uuid4()),
+        "events_processed": [event_id],
+        "timestamp": int(time.time() * 1000),
+    }
+    return orjson.dumps(frame).decode()
+
+
+async def test_exit_after_run_stops_at_the_end_with_disconnecting() -> None:
+    process, url = await start(
+        "--steps",
+        "1",
+        "--fill-every",
+        "0",
+        "--other-every",
+        "0",
+        "--shutdown-grace",
+        "0",
+        "--exit-after-run",
+    )
+    async with connect(url) as ws:
+        types = []
+        while not types or types[-1] != "connection":
+            async with asyncio.timeout(LIMIT):
+                frame = orjson.loads(await ws.recv())
+            types.append(frame["type"])
+            if "event_id" in frame:
+                await ws.send(ack(frame["event_id"]))
+        assert frame["event"] == "DISCONNECTING"
+    assert types == ["candle"] * 3 + ["backtest_complete", "connection"]
+    code, err = await finish(process)
+    assert code == 0, err
+
+
+async def test_leave_timeout_bounds_the_wait_for_a_client_that_stays() -> None:
+    process, url = await start(
+        "--steps",
+        "1",
+        "--fill-every",
+        "0",
+        "--other-every",
+        "0",
+        "--shutdown-grace",
+        "0",
+        "--leave-timeout",
+        "0.2",
+    )
+    async with connect(url) as ws:
+        while True:
+            async with asyncio.timeout(LIMIT):
+                frame = orjson.loads(await ws.recv())
+            if "event_id" in frame:
+                await ws.send(ack(frame["event_id"]))
+            if frame["type"] == "connection":  # the stop, while this client is still here
+                assert frame["event"] == "DISCONNECTING"
+                break
+    code, err = await finish(process)
+    assert code == 0, err
 
 
 async def test_sigint_stops_a_live_run_cleanly() -> None:

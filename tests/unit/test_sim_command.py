@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.sim.command import config_from_args, configure_parser, run
+from connector.sim.command import GATEWAY_RELAY_GAP, config_from_args, configure_parser, run
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -105,6 +105,50 @@ def test_every_option_reaches_the_config(tmp_path: Path) -> None:
     assert config.record_frames
 
 
+def test_the_gateway_options_reach_the_config() -> None:
+    config = config_from_args(
+        parse(
+            "--decimal-scale",
+            "full",
+            "--live-bar-time",
+            "emission",
+            "--position-time",
+            "sim",
+            "--fill-correlation-loss",
+            "0.25",
+            "--live-fill-delay",
+            "0.1",
+            "--live-fill-group",
+            "--relay-gap",
+            "0.002",
+            "--close-frame-loss",
+            "0.17",
+        )
+    )
+    assert config.decimal_scale == "full"
+    assert config.live_bar_time == "emission"
+    assert config.position_time == "sim"
+    assert config.fill_correlation_loss == 0.25
+    assert config.live_fill_delay == 0.1
+    assert config.live_fill_group
+    assert config.relay_gap == 0.002
+    assert config.close_frame_loss == 0.17
+    assert config_from_args(parse("--gateway-relay")).relay_gap == GATEWAY_RELAY_GAP > 0
+    defaults = config_from_args(parse())
+    assert (defaults.relay_gap, defaults.close_frame_loss) == (0.0, 0.0)
+
+
+def test_every_option_has_help() -> None:
+    parser = argparse.ArgumentParser()
+    configure_parser(parser)
+    undocumented = [
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings and action.option_strings[0] != "-h" and not action.help
+    ]
+    assert undocumented == []
+
+
 def test_burst_flag() -> None:
     assert math.isinf(config_from_args(parse("--mode", "live", "--burst")).rate)
 
@@ -112,6 +156,8 @@ def test_burst_flag() -> None:
 def test_invalid_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(parse("--queue-size", "0")) == 2
     assert "queue_size" in capsys.readouterr().err
+    assert run(parse("--close-frame-loss", "2")) == 2
+    assert "probability" in capsys.readouterr().err
 
 
 def test_a_halted_backtest_exits_1_and_writes_the_report(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from connector.sim.config import SimConfig
-from connector.sim.fills import Portfolio
 from connector.sim.frames import MALFORMED_KINDS, FrameFactory
 from connector.sim.market import Bar, quote_from_last
 from connector.sim.timefmt import IsoClock, iso_seconds, parse_iso_seconds
@@ -60,30 +59,31 @@ def test_unsorted_engine_frames_start_with_type() -> None:
     assert next(iter(frame)) == "type"
 
 
-def test_fill_group_has_four_frames_each_with_its_own_id() -> None:
+def test_engine_events_get_ids_and_sorted_keys() -> None:
     frames = _factory()
-    fill = Portfolio().fill("AAPL", "151.00", iso_seconds(BAR.start))
-    group = frames.fill_group(fill, "AAPL")
-    decoded = [orjson.loads(out.payload) for out in group]
-    assert [f["type"] for f in decoded] == ["order", "trade", "account", "position"]
-    assert [f["event"] for f in decoded] == [
-        "ORDER_FILLED",
-        "TRADE_FILLED",
-        "BALANCE_UPDATED",
-        "POSITION_OPENED",
-    ]
-    assert len({out.event_id for out in group}) == 4
-    assert all(_keys_sorted_everywhere(f) for f in decoded)
-    assert decoded[1]["trade"]["price"] == "151.00"
+    body = {"event": "TRADE_FILLED", "trade": {"symbol": "AAPL", "price": "151.00", "id": "t"}}
+    out = frames.engine_event("trade", body, "AAPL")
+    decoded = orjson.loads(out.payload)
+    assert (out.type, out.event_id, out.symbol) == ("trade", "evt-1", "AAPL")
+    assert decoded["event_id"] == "evt-1"
+    assert _keys_sorted_everywhere(decoded)
+    assert decoded["trade"]["price"] == "151.00"
 
 
-def test_second_fill_modifies_the_position() -> None:
-    portfolio = Portfolio()
-    portfolio.fill("AAPL", "150", "2024-01-01T00:00:00Z")
-    second = portfolio.fill("AAPL", "152", "2024-01-01T00:01:00Z")
-    assert second.position_event == "POSITION_MODIFIED"
-    assert second.position["quantity"] == "20"
-    assert second.position["average_entry_price"] == "151"
+def test_live_events_have_no_id_and_type_first() -> None:
+    body = {"event": "ORDER_CREATED", "order": {"id": "ord-1"}}
+    out = _factory().live_event("order", body, "AAPL")
+    decoded = orjson.loads(out.payload)
+    assert next(iter(decoded)) == "type"
+    assert out.event_id is None
+    assert "event_id" not in decoded
+    documented = orjson.loads(_factory(id_field="id").live_event("order", body, "AAPL").payload)
+    assert documented["id"] == "evt-1"  # documentation-style servers id live frames too
+
+
+def test_live_candle_can_carry_its_emission_time() -> None:
+    out = _factory().candle(BAR, with_id=False, sort=False, bar_time=WALL)
+    assert orjson.loads(out.payload)["bar"]["timestamp"] == WALL
 
 
 @pytest.mark.parametrize(
@@ -111,10 +111,17 @@ def test_server_frames_never_carry_ids(build: Any, frame_type: str) -> None:
         assert frame["timestamp"] == WALL
 
 
-def test_backtest_complete_without_id() -> None:
+def test_backtest_complete_names_the_broker() -> None:
     out = _factory().backtest_complete(with_id=False)
-    assert orjson.loads(out.payload) == {"type": "backtest_complete", "timestamp": WALL}
+    assert out.payload == (
+        b'{"type":"backtest_complete","broker":"tektii","timestamp":"' + WALL.encode() + b'"}'
+    )
     assert out.event_id is None
+    with_id = _factory().backtest_complete(with_id=True)
+    assert with_id.payload == (
+        b'{"broker":"tektii","event_id":"evt-1","timestamp":"' + WALL.encode() + b'",'
+        b'"type":"backtest_complete"}'
+    )
 
 
 def test_quote_fields() -> None:
