@@ -291,6 +291,9 @@ class Runner:
             "0",
             "--shutdown-grace",
             "0.1",
+            # The gateway leaves the socket open after a run, and the docs' loop (the baseline)
+            # never leaves by itself: end the run for every client alike.
+            "--exit-after-run",
             "--report",
             str(report_path),
         ]

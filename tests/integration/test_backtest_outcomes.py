@@ -115,3 +115,28 @@ async def test_a_completion_not_acknowledged_in_time_is_not_a_success(
         assert sim.record.acks == []
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+async def test_an_engine_that_halts_while_a_group_is_down_is_not_a_success(
+    redis_server: RedisServer,
+) -> None:
+    """Nobody reads the required group, so nothing is acknowledged: the engine gives up and
+    sends backtest_complete without an event id, leaving the socket open (as the gateway
+    does). The connector leaves at once, without waiting for the held steps: exit 3. (An
+    id-less end in immediate mode: test_connector_backtest.)"""
+    config = SimConfig(
+        mode="backtest",
+        symbols=SYMBOLS,
+        steps=50,
+        step_timeout=0.2,
+        halt_before_first_ack=2,
+    )
+    async with (
+        Simulator(config) as sim,
+        run_connector(sim, redis_server.url, mode="backtest", **UNREAD) as app,
+    ):
+        assert await app.exit_code(within=30) == 3
+        assert sim.record.outcome == "halted"
+    assert app.connector.outcome == "halted"
+    end = await run_end(redis_server.url)
+    assert end["outcome"] == "halted"
