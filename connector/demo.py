@@ -1,10 +1,14 @@
-"""One-command tour: the simulator's backtest engine, the connector and a confirming consumer.
+"""One-command tour: the simulator's backtest engine, the connector and a strategy that trades.
 
-Runs a short backtest in consumer-ack mode (the engine's simulated time waits for the consumer
-group ``demo-strategy``) against Redis: CONNECTOR_REDIS_URL (or redis://localhost:6379/0) when it
-answers, otherwise a private redis-server started from PATH. Shows progress, then a summary: events
-per type, entries per stream, ack latency, missed pongs, and a redis-cli line to look at the data.
-The demo owns the ``demo`` stream prefix and clears it first.
+Runs a short backtest in consumer-ack mode against Redis: CONNECTOR_REDIS_URL (or
+redis://localhost:6379/0) when it answers, otherwise a private redis-server started from PATH.
+The strategy is the toolkit's example (a moving-average crossover, connector.examples.crossover):
+it reads the candles in the consumer group ``strategy``, places market orders through the
+simulator's REST API, and confirms each batch once its orders were accepted, so the engine's
+simulated time waits for them. Shows progress, then a summary: the orders, how many filled on the
+bar after their signal, the run's P&L, events per type, entries per stream, ack latency, missed
+pongs, and a redis-cli line to look at the data. The demo owns the ``demo`` stream prefix and
+clears it first.
 """
 
 from __future__ import annotations
@@ -19,19 +23,24 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from connector import loop
 from connector.app import Connector
 from connector.config import ConfigError, load_settings, mask_url
-from connector.consumer import GroupConsumer, Message
+from connector.examples import crossover
 from connector.localredis import free_port, private_server_argv, redis_server_binary
 from connector.logs import setup_logging
+from connector.rest import TradingRest
 from connector.sim import SimConfig, Simulator
 
 PREFIX = "demo"
-GROUP = "demo-strategy"
+GROUP = crossover.GROUP
+DECLARED = f"{GROUP}[types=candle]"  # what the strategy reads: the engine waits for it there
 DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
@@ -39,12 +48,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbols", default="AAPL,MSFT,BTCUSD,F:EURUSD")
     parser.add_argument("--steps", type=int, default=500, help="backtest steps")
     parser.add_argument("--ack-mode", choices=("consumer", "immediate"), default="consumer")
-    parser.add_argument(
-        "--work-ms",
-        type=float,
-        default=0.0,
-        help="simulated work per consumer batch (shows simulated time waiting)",
-    )
     parser.add_argument("--redis-url", default=None, help="default: CONNECTOR_REDIS_URL or local")
     parser.add_argument(
         "--keep-redis", action="store_true", help="leave a private redis-server running afterwards"
@@ -54,7 +57,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING", "text")
     try:
-        return asyncio.run(_demo(args))
+        return loop.run(_demo(args))
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
@@ -86,7 +89,11 @@ async def _tour(
     args: argparse.Namespace, symbols: tuple[str, ...], choice: RedisChoice, redis: Redis
 ) -> int:
     out = sys.stdout
-    sim = Simulator(SimConfig(mode="backtest", symbols=symbols, steps=args.steps, seed=7))
+    # No synthetic fills: every order and every P&L figure is the strategy's.
+    config = SimConfig(
+        mode="backtest", symbols=symbols, steps=args.steps, seed=7, fill_every=0, other_every=0
+    )
+    sim = Simulator(config)
     await sim.start()
     try:
         settings = load_settings(
@@ -99,38 +106,37 @@ async def _tour(
                 "http_port": "0",
                 "log_level": "WARNING",
                 "ack_mode": args.ack_mode,
-                "consumer_groups": GROUP if args.ack_mode == "consumer" else "",
+                "consumer_groups": DECLARED if args.ack_mode == "consumer" else "",
             }
         )
     except ConfigError as exc:
         await sim.stop()
         raise DemoError(str(exc)) from None
     connector = Connector(settings)
-    consumer = GroupConsumer(Redis.from_url(choice.url), GROUP, "demo-1", prefix=PREFIX)
-    work = args.work_ms / 1000
-
-    async def handle(batch: list[Message]) -> None:
-        if work:
-            await asyncio.sleep(work)
-
     where = "private redis-server" if choice.private else mask_url(choice.url)
     print(
         f"connector demo: {len(symbols)} symbols x {args.steps} steps, ack mode "
-        f"{args.ack_mode}, Redis: {where}",
+        f"{args.ack_mode}, Redis: {where}; strategy: moving-average crossover "
+        f"(group {DECLARED!r})",
         file=out,
     )
-    consuming = asyncio.create_task(consumer.run(handle))
+    strategy_redis = Redis.from_url(choice.url)
+    rest = TradingRest(sim.url)
+    trading = asyncio.create_task(crossover.run(strategy_redis, rest, prefix=PREFIX, name="demo-1"))
     started = time.perf_counter()
     running = asyncio.create_task(connector.run())
-    await _progress(sim, connector, running, args.steps)
-    code = await running
-    elapsed = time.perf_counter() - started
-    outcome = await asyncio.wait_for(sim.wait_finished(), 15)
-    consumer.stop()
-    await consuming
-    await consumer.redis.aclose()
-    await sim.stop()
-    await _summary(sim, connector, consumer, redis, choice, elapsed, outcome)
+    try:
+        await _progress(sim, connector, running, args.steps)
+        code = await running
+        elapsed = time.perf_counter() - started
+        outcome = await asyncio.wait_for(sim.wait_finished(), 15)
+        report = await asyncio.wait_for(trading, 30)
+    finally:
+        trading.cancel()
+        await rest.close()
+        await strategy_redis.aclose()
+        await sim.stop()
+    await _summary(sim, connector, report, redis, choice, elapsed, outcome)
     return 0 if code == 0 and outcome == "completed" else 1
 
 
@@ -145,7 +151,7 @@ async def _progress(
     print(f"  simulator {sim.url}; connector metrics http://127.0.0.1:{connector.ops.port}/metrics")
     while not running.done():
         record = sim.record
-        done = sum(1 for step in record.steps if step.completed_at is not None)
+        done = sum(1 for step in record.steps if step.completed_at and step.kind == "bar")
         line = (
             f"  step {done:>5}/{steps}  events sent {len(record.sent):>6}  "
             f"acked {len(record.acked_ids()):>6}  engine timeouts {record.timeouts}"
@@ -160,7 +166,7 @@ async def _progress(
 async def _summary(
     sim: Simulator,
     connector: Connector,
-    consumer: GroupConsumer,
+    report: dict[str, Any],
     redis: Redis,
     choice: RedisChoice,
     elapsed: float,
@@ -168,9 +174,19 @@ async def _summary(
 ) -> None:
     record = sim.record
     registry = connector.metrics.registry
+    bars = sum(1 for step in record.steps if step.kind == "bar")
     print(
-        f"\nbacktest {outcome} in {elapsed:.2f}s: {len(record.steps)} steps, "
-        f"{len(record.event_ids())} engine events, engine timeouts {record.timeouts}"
+        f"\nbacktest {outcome} in {elapsed:.2f}s: {bars} bars (and {len(record.steps) - bars} "
+        f"order and fill steps), {len(record.event_ids())} engine events, engine timeouts "
+        f"{record.timeouts}"
+    )
+    lags = report["fill_lags"]
+    late = len(lags) - report["filled_next_bar"]
+    print(
+        f"strategy: {report['orders']} orders placed, {report['filled']} filled, "
+        f"{report['filled_next_bar']} on the bar after their signal"
+        + (f", {late} later" if late else "")
+        + f"; P&L {Decimal(report['pnl']):+.2f}"
     )
     print("events received by type:")
     for metric in registry.collect():
@@ -196,12 +212,13 @@ async def _summary(
     if connector.consumer_gate is not None:
         gate = connector.consumer_gate
         print(
-            f"consumer group {GROUP}: processed {consumer.stats.processed}; confirmations "
-            f"learnt by notification {gate.notifications}, by checking {gate.checked}"
+            f"consumer group {GROUP}: confirmations learnt by notification {gate.notifications}, "
+            f"by checking {gate.checked}"
         )
     sample_key = f"{PREFIX}:{{{sim.config.symbols[0]}}}:candle:{sim.config.timeframe}"
     print("\nlook at the data:")
     print(f"  redis-cli -u {mask_url(choice.url)} XRANGE '{sample_key}' - + COUNT 3")
+    print(f"  redis-cli -u {mask_url(choice.url)} XRANGE '{PREFIX}:trade' - + COUNT 3")
     if choice.private is not None and choice.directory is not None:
         print(
             "  (the private redis-server stops now; run `connector demo --keep-redis` to keep it)"

@@ -25,7 +25,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
@@ -113,8 +113,8 @@ class FrontDoor(asyncio.Protocol):
     # asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's do not derive from asyncio.Transport: no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
         self._doors.add(self)
         self._arm(REQUEST_TIMEOUT, idle=False)
 

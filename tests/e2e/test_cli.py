@@ -180,6 +180,13 @@ def test_demo_runs_against_the_given_redis(redis_server: RedisServer) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "backtest completed" in out
+    # The strategy traded, and consumer-ack mode had every order filled on the next bar.
+    match = re.search(r"strategy: (\d+) orders placed, (\d+) filled, (\d+) on the bar after", out)
+    assert match, out
+    placed, filled, next_bar = (int(group) for group in match.groups())
+    assert placed > 0
+    assert next_bar == filled
+    assert re.search(r"P&L [+-]\d+\.\d\d", out)
     assert "entries per stream:" in out
     assert "demo:{AAPL}:candle:1m" in out
     assert "ack latency" in out

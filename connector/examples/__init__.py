@@ -1,0 +1,1 @@
+"""Example services built on the consumer toolkit (``python -m connector.examples.<name>``)."""
