@@ -18,8 +18,10 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.connection import parse_url
 
 from connector.groups import GROUP_NAME, GroupSpec, parse_groups, specs_of
+from connector.logs import register_secret
 
 ENV_PREFIX = "CONNECTOR_"
 MASK = "***"
@@ -200,6 +202,16 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a graceful stop may take to flush and ack."
     )
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                check_api_key(value.get_secret_value(), "the value")
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix("the value: ")) from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
@@ -215,6 +227,7 @@ class Settings(BaseSettings):
     @field_validator("api_url")
     @classmethod
     def _check_api_url(cls, value: str) -> str:
+        check_url_parts(value)
         parts = urlsplit(value)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError("must be a ws:// or wss:// URL with a host")
@@ -223,6 +236,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
+        check_url_parts(value)
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
@@ -230,6 +244,18 @@ class Settings(BaseSettings):
             raise ValueError("must name a host, e.g. redis://localhost:6379/0")
         if parts.scheme == "unix" and not parts.path:
             raise ValueError("must name a socket path, e.g. unix:///run/redis.sock")
+        # TLS is configured by the scheme and CONNECTOR_REDIS_CA_FILE only: a query such as
+        # ?ssl_cert_reqs=none would turn verification off for redis-py's connections alone.
+        settings = [key for key, _ in parse_qsl(parts.query, True) if key.lower().startswith("ssl")]
+        if settings:
+            raise ValueError(
+                f"TLS settings in the URL ({settings[0]}) are not taken: use rediss:// and "
+                "CONNECTOR_REDIS_CA_FILE (certificates are always verified)"
+            )
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cannot be read: {str(exc).split(':')[0][:80]}") from None
         return value
 
     @field_validator("stream_prefix")
@@ -269,6 +295,10 @@ class Settings(BaseSettings):
             raise ValueError("CONNECTOR_REDIS_CLUSTER needs a redis:// or rediss:// node URL")
         if self.ws_ca_file is not None and not self.api_url.startswith("wss://"):
             raise ValueError("CONNECTOR_WS_CA_FILE is only used with a wss:// CONNECTOR_API_URL")
+        if self.redis_ca_file is not None and not self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                "CONNECTOR_REDIS_CA_FILE is only used with a rediss:// CONNECTOR_REDIS_URL"
+            )
         return self
 
     # -- derived values -----------------------------------------------------------------------
@@ -281,7 +311,9 @@ class Settings(BaseSettings):
     def resolved_api_key(self) -> str | None:
         """The API key, read from API_KEY_FILE when set (so a rotated secret is picked up)."""
         if self.api_key_file is not None:
-            return _read_secret_file(self.api_key_file, "CONNECTOR_API_KEY_FILE")
+            key = _read_secret_file(self.api_key_file, "CONNECTOR_API_KEY_FILE")
+            check_api_key(key, "CONNECTOR_API_KEY_FILE")
+            return key
         return self.api_key.get_secret_value() if self.api_key else None
 
     def resolved_redis_password(self) -> str | None:
@@ -355,29 +387,61 @@ def _read_secret_file(path: Path, variable: str) -> str:
         raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
     if not value:
         raise ConfigError(f"{variable}: {path} is empty")
+    register_secret(value)  # a rotated value is as secret as the first
     return value
+
+
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,4096}")
+
+
+def check_api_key(key: str, source: str) -> None:
+    """An API key travels in an HTTP header: visible ASCII only. The message never shows it
+    (websockets' own error would: it quotes the header)."""
+    if not _HEADER_VALUE.fullmatch(key):
+        raise ConfigError(
+            f"{source}: the API key holds characters an HTTP header cannot carry (spaces, "
+            "control characters or non-ASCII, e.g. a dash from a word processor)"
+        )
 
 
 def _url_password(url: str) -> str | None:
     return urlsplit(url).password
 
 
+def split_credentials(url: str) -> tuple[str, str | None, str | None, str]:
+    """``(scheme, user, password, rest)`` of ``scheme://user:password@rest``.
+
+    The credentials are everything between ``://`` and the *last* ``@``, as SQLAlchemy and pip
+    redact them: a generated password often holds ``/``, ``?`` or ``#``, which end the
+    authority for a standard URL parser (and would leave the password in plain sight).
+    """
+    scheme, separator, remainder = url.partition("://")
+    if not separator or "@" not in remainder:
+        return scheme, None, None, remainder
+    userinfo, _, rest = remainder.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return scheme, user or None, password if colon else None, rest
+
+
 def mask_url(url: str) -> str:
     """``url`` with its password and query values replaced by ``***`` (user names, hosts and
     query keys stay visible): ``?token=...`` is as secret as a password."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-        netloc = (f"{parts.username}:{MASK}" if parts.username else MASK) + f"@{host}"
+    scheme, user, password, rest = split_credentials(url)
+    if password is not None:
+        rest = f"{user}:{MASK}@{rest}" if user else f"{MASK}@{rest}"
+    elif user is not None:
+        rest = f"{user}@{rest}"
+    try:
+        parts = urlsplit(f"{scheme}://{rest}") if scheme else urlsplit(rest)
+    except ValueError:  # not a URL at all (a redirect target, say): show nothing of it
+        return f"{scheme}://{MASK}" if scheme else MASK
     query = "&".join(
         f"{key}={MASK}" if value else key for key, value in parse_qsl(parts.query, True)
     )
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    masked = f"{scheme}://{rest}" if scheme else rest
+    if query == parts.query:
+        return masked
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 _SECRET_PARAMETER = re.compile(r"token|key|secret|pass|auth|sig|credential", re.IGNORECASE)
@@ -386,9 +450,29 @@ _SECRET_PARAMETER = re.compile(r"token|key|secret|pass|auth|sig|credential", re.
 def _url_secrets(url: str) -> list[str]:
     """The password and secret-looking query values of ``url`` (for scrubbing logs; masking
     for display hides every query value anyway)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    return [parts.password or "", *(v for k, v in query if _SECRET_PARAMETER.search(k))]
+    scheme, _, password, rest = split_credentials(url)
+    try:
+        query = parse_qsl(urlsplit(f"{scheme}://{rest}").query)
+    except ValueError:
+        query = []
+    return [password or "", *(v for k, v in query if _SECRET_PARAMETER.search(k))]
+
+
+def check_url_parts(url: str) -> None:
+    """A URL a connection can be made to: credentials that need escaping are escaped, and the
+    port is a port. Raises ValueError whose message never repeats the URL (it may hold a
+    password)."""
+    _, _, password, _ = split_credentials(url)
+    if password is not None and any(char in password for char in "/?#@"):
+        raise ValueError(
+            "the password holds '/', '?', '#' or '@': percent-encode them (%2F %3F %23 %40)"
+        )
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
 
 
 def env_name(field: str) -> str:

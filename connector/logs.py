@@ -68,11 +68,25 @@ def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
 
 
 class SecretScrubber(logging.Filter):
-    """Replaces any known secret value in a formatted record (defence in depth)."""
+    """Replaces any known secret value in a formatted record (defence in depth).
+
+    Secrets read again later (a rotated key file) are added with :func:`register_secret`."""
+
+    MAX_SECRETS = 64
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
-        self._secrets = [value for value in secrets if len(value) >= 4]
+        self._secrets: list[str] = []
+        for value in secrets:
+            self.add(value)
+
+    def add(self, secret: str) -> None:
+        if len(secret) >= 4 and secret not in self._secrets:
+            if len(self._secrets) >= self.MAX_SECRETS:
+                self._secrets.pop(0)
+            self._secrets.append(secret)
+            # Longest first: a secret that contains another must be replaced whole.
+            self._secrets.sort(key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._secrets:
@@ -100,6 +114,15 @@ def _iso_time(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
 
 
+_scrubber: SecretScrubber | None = None  # the handler's, once logging is set up
+
+
+def register_secret(secret: str) -> None:
+    """A secret that appeared after start-up (a rotated key file): scrub it from logs too."""
+    if _scrubber is not None:
+        _scrubber.add(secret)
+
+
 def setup_logging(
     level: str = "INFO",
     fmt: str = "auto",
@@ -111,7 +134,9 @@ def setup_logging(
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
-    handler.addFilter(SecretScrubber(secrets))
+    global _scrubber
+    _scrubber = SecretScrubber(secrets)
+    handler.addFilter(_scrubber)
     handler.set_name("connector")
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -9,20 +9,40 @@ patience would hide an outage for seconds; the publisher has its own backoff, so
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.credentials import CredentialProvider
 
-from connector.config import Settings
+from connector.config import Settings, split_credentials
 
 # What the connector and the consumer toolkit accept: a single node or a cluster.
 RedisClient = Redis | RedisCluster
 
 
-def redis_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for ``from_url`` derived from the settings."""
+class FileCredentials(CredentialProvider):
+    """Credentials read again for every new connection: a rotated CONNECTOR_REDIS_PASSWORD_FILE
+    reaches every connection (redis-py's, and the write path's own, see connector.resp) as each
+    reconnects, instead of only those opened after a restart."""
+
+    def __init__(self, settings: Settings, username: str | None) -> None:
+        self._settings = settings
+        self._username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self._settings.resolved_redis_password() or ""
+        return (self._username, password) if self._username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()
+
+
+def redis_url_and_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """The URL and keyword arguments for ``from_url`` derived from the settings."""
+    url = settings.redis_url
     options: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout,
         "socket_connect_timeout": settings.redis_timeout,
@@ -31,22 +51,30 @@ def redis_options(settings: Settings) -> dict[str, Any]:
     }
     if not settings.redis_cluster:
         options["health_check_interval"] = 10
-    if settings.redis_username is not None:
-        options["username"] = settings.redis_username
-    password = settings.resolved_redis_password()
-    if password is not None:
-        options["password"] = password
-    if settings.redis_url.startswith("rediss://"):
+    if settings.redis_password_file is not None:
+        # redis-py refuses a provider beside credentials in the URL: the file wins anyway.
+        scheme, user, _, rest = split_credentials(url)
+        url = f"{scheme}://{rest}"
+        username = settings.redis_username or (unquote(user) if user else None)
+        options["credential_provider"] = FileCredentials(settings, username)
+    else:
+        if settings.redis_username is not None:
+            options["username"] = settings.redis_username
+        password = settings.resolved_redis_password()
+        if password is not None:
+            options["password"] = password
+    if url.startswith("rediss://"):
         options["ssl_cert_reqs"] = "required"
         if settings.redis_ca_file is not None:
             options["ssl_ca_certs"] = str(settings.redis_ca_file)
-    return options
+    return url, options
 
 
 def make_redis(settings: Settings) -> RedisClient:
+    url, options = redis_url_and_options(settings)
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **redis_options(settings))
-    return Redis.from_url(settings.redis_url, **redis_options(settings))
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
 
 
 def is_cluster(client: RedisClient) -> bool:

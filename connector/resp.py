@@ -20,6 +20,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -81,11 +82,13 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     ssl: ssl.SSLContext | None = None
+    # Asked at every connect (a rotated password file): wins over username/password.
+    credentials: CredentialProvider | None = None
 
     @classmethod
     def of_client(cls, client: Any) -> Endpoint | None:
         """The endpoint of a redis-py ``Redis`` client, or None when its configuration is one
-        this minimal connection does not reproduce (credential providers, RESP3, client certs)."""
+        this minimal connection does not reproduce (RESP3, client certificates)."""
         pool = getattr(client, "connection_pool", None)
         return cls.of_connection(
             getattr(pool, "connection_kwargs", None), getattr(pool, "connection_class", None)
@@ -96,7 +99,10 @@ class Endpoint:
         """The same from redis-py's connection settings (a pool's, or a cluster node's)."""
         if not isinstance(kwargs, dict):
             return None
-        if kwargs.get("credential_provider") or kwargs.get("protocol") not in (None, 2, "2"):
+        if kwargs.get("protocol") not in (None, 2, "2"):
+            return None
+        provider = kwargs.get("credential_provider")
+        if provider is not None and not isinstance(provider, CredentialProvider):
             return None
         if kwargs.get("ssl_certfile") or kwargs.get("ssl_keyfile"):
             return None
@@ -117,6 +123,7 @@ class Endpoint:
             username=kwargs.get("username"),
             password=password,
             ssl=context,
+            credentials=provider,
         )
 
 
@@ -131,6 +138,22 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
         for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
+async def _setup_commands(endpoint: Endpoint) -> list[list[Arg]]:
+    """AUTH (when credentials are configured), SELECT (a database other than 0), a name."""
+    setup: list[list[Arg]] = []
+    if endpoint.credentials is not None:
+        setup.append(["AUTH", *await endpoint.credentials.get_credentials_async()])
+    elif endpoint.password is not None:
+        auth: list[Arg] = ["AUTH", endpoint.password]
+        setup.append(["AUTH", endpoint.username, endpoint.password] if endpoint.username else auth)
+    if endpoint.db:
+        setup.append(["SELECT", endpoint.db])
+    # The name only helps operators (CLIENT LIST): a user without the CLIENT command, or a
+    # provider that disables it, must not stop the connection, so its reply is not checked.
+    setup.append(["CLIENT", "SETNAME", "connector"])
+    return setup
 
 
 MULTI = encode_command(["MULTI"])
@@ -176,6 +199,7 @@ class WireConnection:
 
     @classmethod
     async def connect(cls, endpoint: Endpoint, *, reply_timeout: float) -> WireConnection:
+        setup = await _setup_commands(endpoint)  # credentials first: nothing to close if they fail
         try:
             async with asyncio.timeout(reply_timeout):
                 if endpoint.path is not None:
@@ -188,17 +212,6 @@ class WireConnection:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         _keepalive(writer)
         connection = cls(reader, writer, reply_timeout)
-        setup: list[list[Arg]] = []
-        if endpoint.password is not None:
-            auth: list[Arg] = ["AUTH", endpoint.password]
-            setup.append(
-                ["AUTH", endpoint.username, endpoint.password] if endpoint.username else auth
-            )
-        if endpoint.db:
-            setup.append(["SELECT", endpoint.db])
-        # The name only helps operators (CLIENT LIST): a user without the CLIENT command, or a
-        # provider that disables it, must not stop the connection, so its reply is not checked.
-        setup.append(["CLIENT", "SETNAME", "connector"])
         try:
             replies = await connection.execute(
                 b"".join(encode_command(c) for c in setup), len(setup)

@@ -235,7 +235,7 @@ class Session:
         except ConfigError as exc:  # e.g. a key file being rotated: empty or missing for now
             raise ConnectFailed("auth", str(exc)) from None
         try:
-            return await connect(
+            return await _NoRedirects(
                 settings.api_url,
                 additional_headers=headers,
                 user_agent_header=f"connector/{__version__}",
@@ -251,7 +251,14 @@ class Session:
         except InvalidStatus as exc:
             status = exc.response.status_code
             reason = "auth" if status in (401, 403) else "protocol"
-            raise ConnectFailed(reason, f"HTTP {status} at the upgrade", status) from None
+            detail = f"HTTP {status} at the upgrade"
+            location = exc.response.headers.get("Location")
+            if 300 <= status < 400 and location:
+                detail += (
+                    f", redirecting to {mask_url(location)[:200]}: redirects are not followed "
+                    "(they could send the key elsewhere); set CONNECTOR_API_URL to that URL"
+                )
+            raise ConnectFailed(reason, detail, status) from None
         except InvalidURI as exc:
             raise ConnectFailed("other", str(exc)) from None
         except InvalidHandshake as exc:
@@ -262,6 +269,8 @@ class Session:
             raise ConnectFailed("other", f"TLS: {exc}") from None
         except OSError as exc:
             raise ConnectFailed("refused", exc.strerror or str(exc) or type(exc).__name__) from None
+        except Exception as exc:  # whatever answers the upgrade must never end the service
+            raise ConnectFailed("protocol", f"{type(exc).__name__}: {exc}"[:300]) from None
 
     def _auth_headers(self) -> dict[str, str]:
         key = self._settings.resolved_api_key()
@@ -343,6 +352,15 @@ async def _until_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     if task.cancelled():
         return None
     return task.result()
+
+
+class _NoRedirects(connect):
+    """websockets' connect, refusing every redirect at the upgrade: the Trading API has no reason
+    to send one, and following it could carry the API key (the X-API-Key header is not stripped
+    across origins) to a host of the redirecting party's choice."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 def _closed(exc: ConnectionClosed) -> Drop:
