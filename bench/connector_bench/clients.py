@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
@@ -41,7 +41,6 @@ class ClientProcess:
     kind: str
     process: Managed
     http_port: int | None = None
-    helpers: list[Managed] = field(default_factory=list)  # e.g. the confirming consumer
 
     def metrics_text(self) -> str | None:
         if self.http_port is None:

@@ -221,11 +221,6 @@ def scale_lines(table: Medians) -> list[Line]:
     return [Line("scale", key, row, table) for key, row in scale_rows(table)]
 
 
-def median_rows(table: Medians) -> list[list[str]]:
-    """The main table's cells (for tests and tools)."""
-    return [[column.cell(line) for column in MAIN_COLUMNS] for line in main_lines(table)]
-
-
 def targets_block(targets: Sequence[Target]) -> str:
     rows = [[t.description, t.goal, t.shown, t.verdict] for t in targets]
     return format_table(("target", "goal", "measured (median)", "result"), rows, set())

@@ -264,6 +264,11 @@ def one_line(result: RunResult) -> str:
     """The progress line logged after each run."""
     if result.error:
         return f"{result.label}: FAILED: {result.error.splitlines()[0]}"
+    notes = f" [{'; '.join(result.notes)}]" if result.notes else ""
+    return f"{result.label}: {', '.join(_figures_text(result))}{notes}"
+
+
+def _figures_text(result: RunResult) -> list[str]:
     parts = [
         f"{result.events:,} events in {result.duration_s:.2f} s",
         f"{result.events_per_s:,.0f} events/s",
@@ -274,10 +279,14 @@ def one_line(result: RunResult) -> str:
         parts.append(f"ack p50/p99 {result.ack_p50_ms:.2f}/{result.ack_p99_ms:.2f} ms")
     if result.cpu_per_1k_events is not None:
         parts.append(f"CPU {result.cpu_per_1k_events:.3f} s/1k")
-    redis_step = result.measures.get("redis_us_per_step")
-    if redis_step is not None:
-        parts.append(f"Redis {redis_step:,.0f} us/step")
+    measures = result.measures
+    for name, text in (
+        ("redis_us_per_step", "Redis {:,.0f} us/step"),
+        ("per_connector_events_per_s", "per connector {:,.0f} events/s"),
+        ("busy_cores", "busy cores {:.2f}"),
+    ):
+        if name in measures:
+            parts.append(text.format(measures[name]))
     if result.peak_rss_mb is not None:
         parts.append(f"peak RSS {result.peak_rss_mb:.1f} MB")
-    notes = f" [{'; '.join(result.notes)}]" if result.notes else ""
-    return f"{result.label}: {', '.join(parts)}{notes}"
+    return parts

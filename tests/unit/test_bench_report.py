@@ -8,10 +8,11 @@ import orjson
 import pytest
 
 from connector_bench.report import (
+    MAIN_COLUMNS,
     document,
     format_table,
     latency_cell,
-    median_rows,
+    main_lines,
     number,
     profile_block,
     render,
@@ -200,6 +201,11 @@ def test_number_and_latency_cells() -> None:
         "0.50 / 1.25 / 3.00"
     )
     assert latency_cell({}) == "-"
+
+
+def median_rows(table: Medians) -> list[list[str]]:
+    """The main table's cells."""
+    return [[column.cell(line) for column in MAIN_COLUMNS] for line in main_lines(table)]
 
 
 def test_median_rows_follow_scenario_and_client_order() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from connector_bench import chart
 from connector_bench.cluster import cluster_state_ok, parse_cluster_info
 from connector_bench.command import configure_parser, scale_plan_from, selection
 from connector_bench.procfs import MachineCpu, busy_cores, parse_machine_cpu
+from connector_bench.procs import BenchError
 from connector_bench.progress import GroupedProgress, Stored, StreamProgress, total_stored
 from connector_bench.report import (
     SCALE_COLUMNS,
@@ -25,6 +27,7 @@ from connector_bench.report import (
 from connector_bench.results import RunResult, medians
 from connector_bench.scale import ScalePlan, connector_symbols, prefix_of
 from connector_bench.scaling import ConnectorFigures, fill_result, scale_rows, variant_of
+from connector_bench.scenarios import Plan, Run, Runner
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -270,3 +273,55 @@ def test_one_chart_for_every_scenario(monkeypatch: pytest.MonkeyPatch, tmp_path:
     message = chart.draw(table, tmp_path / "other.png", "title")
     assert message is not None
     assert "matplotlib" in message
+
+
+# -- the one runner ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeScenario:
+    """A scenario whose run does nothing but what it is told (no process is started)."""
+
+    failure: BaseException | None = None
+    name: str = "scale"
+    variant: str = "cluster/2"
+
+    def expected(self, plan: Plan) -> int:
+        return plan.live_events * 2
+
+    def measure(self, run: Run) -> None:
+        if self.failure is not None:
+            raise self.failure
+        run.result.events = run.result.expected_events
+        run.result.measures["busy_cores"] = 1.25
+
+
+def test_runner_runs_any_scenario_in_its_own_directory(tmp_path: Path) -> None:
+    logged: list[str] = []
+    runner = Runner(Plan(live_events=10), tmp_path, logged.append)
+    result = runner.run(FakeScenario(), "connector", 1)
+    assert result.ok
+    assert (result.scenario, result.variant, result.key) == ("scale", "cluster/2", "cluster/2")
+    assert result.events == result.expected_events == 20
+    assert Path(result.extra["workdir"]) == tmp_path / "001-scale-cluster-2-1"
+    assert Path(result.extra["workdir"]).is_dir()
+    assert logged[0].startswith("scale/cluster/2 #2: 20 events")
+    assert "busy cores 1.25" in logged[0]
+
+
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [
+        (BenchError("the cluster did not become healthy"), "the cluster did not become healthy"),
+        (KeyError("port"), "KeyError: 'port'"),
+    ],
+)
+def test_runner_reports_a_failed_run_and_goes_on(
+    tmp_path: Path, failure: BaseException, message: str
+) -> None:
+    logged: list[str] = []
+    runner = Runner(Plan(), tmp_path, logged.append)
+    result = runner.run(FakeScenario(failure), "connector", 0)
+    assert result.error == message
+    assert logged == [f"scale/cluster/2 #1: FAILED: {message}"]
+    assert result.extra["wall_s"] >= 0
