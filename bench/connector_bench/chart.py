@@ -7,16 +7,20 @@ to get it and the rest of the benchmark is unaffected.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from connector_bench.report import SCENARIO_LABELS
 from connector_bench.results import CLIENT_LABELS, CLIENTS, SCENARIOS, Medians
+from connector_bench.scaling import scale_rows, split_variant
 
 MISSING_MESSAGE = (
     "connector bench: --chart needs matplotlib, which is not installed "
     "(pip install matplotlib); the table and --json output are complete without it"
 )
+
+Panel = Callable[[Any, Medians], None]
 
 
 def load_pyplot() -> Any | None:
@@ -30,47 +34,18 @@ def load_pyplot() -> Any | None:
 
 
 def draw(table: Medians, path: Path, title: str) -> str | None:
-    """Write the chart; returns an error message instead when it cannot."""
+    """Write one PNG with a panel per kind of figure the medians have (throughput, ack
+    latency, the scale scenario's rates and busy cores); returns an error message instead when
+    it cannot."""
     plt = load_pyplot()
     if plt is None:
         return MISSING_MESSAGE
-    # The latency scenario runs at a fixed rate: its events/s say nothing about throughput.
-    scenarios = [s for s in SCENARIOS if s in table and s != "latency"]
-    figure, (rates, latency) = plt.subplots(1, 2, figsize=(13, 5))
-    width = 0.8 / len(CLIENTS)
-    for offset, client in enumerate(CLIENTS):
-        values = [_value(table, s, client, "events_per_s") for s in scenarios]
-        positions = [i + (offset - (len(CLIENTS) - 1) / 2) * width for i in range(len(scenarios))]
-        rates.bar(positions, values, width, label=CLIENT_LABELS[client])
-    rates.set_xticks(range(len(scenarios)))
-    rates.set_xticklabels([SCENARIO_LABELS[s] for s in scenarios], rotation=20, ha="right")
-    rates.set_ylabel("events/s (median)")
-    rates.set_yscale("log")
-    rates.set_title("Throughput, end to end")
-    rates.legend()
-
-    with_acks = [s for s in SCENARIOS if _value(table, s, "connector", "ack_p99_ms")]
-    for offset, name in enumerate(("connector", "baseline")):
-        for metric, hatch in (("ack_p50_ms", ""), ("ack_p99_ms", "//")):
-            values = [_value(table, s, name, metric) for s in with_acks]
-            positions = [
-                i + (offset * 2 + (metric == "ack_p99_ms") - 1.5) * 0.2
-                for i in range(len(with_acks))
-            ]
-            latency.bar(
-                positions,
-                values,
-                0.2,
-                hatch=hatch,
-                label=f"{CLIENT_LABELS[name]} {metric[4:7]}",
-                color=f"C{offset}",
-                alpha=1.0 if metric == "ack_p50_ms" else 0.6,
-            )
-    latency.set_xticks(range(len(with_acks)))
-    latency.set_xticklabels([SCENARIO_LABELS[s] for s in with_acks], rotation=20, ha="right")
-    latency.set_ylabel("ack latency, ms (median of runs)")
-    latency.set_title("Ack latency p50 / p99")
-    latency.legend()
+    panels = panels_for(table)
+    if not panels:
+        return "connector bench: nothing to chart"
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    for panel, axis in zip(panels, axes[0], strict=True):
+        panel(axis, table)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -78,52 +53,100 @@ def draw(table: Medians, path: Path, title: str) -> str | None:
     return None
 
 
+def panels_for(table: Medians) -> list[Panel]:
+    panels: list[Panel] = []
+    if _rate_scenarios(table):
+        panels.append(throughput_panel)
+    if _ack_scenarios(table):
+        panels.append(latency_panel)
+    if "scale" in table:
+        panels += [scale_rates_panel, scale_cores_panel]
+    return panels
+
+
+def _rate_scenarios(table: Medians) -> list[str]:
+    # The latency scenario runs at a fixed rate: its events/s say nothing about throughput.
+    return [s for s in SCENARIOS if s in table and s not in ("latency", "scale")]
+
+
+def _ack_scenarios(table: Medians) -> list[str]:
+    return [s for s in SCENARIOS if _value(table, s, "connector", "ack_p99_ms")]
+
+
+def throughput_panel(axis: Any, table: Medians) -> None:
+    scenarios = _rate_scenarios(table)
+    width = 0.8 / len(CLIENTS)
+    for offset, client in enumerate(CLIENTS):
+        values = [_value(table, s, client, "events_per_s") for s in scenarios]
+        positions = [i + (offset - (len(CLIENTS) - 1) / 2) * width for i in range(len(scenarios))]
+        axis.bar(positions, values, width, label=CLIENT_LABELS[client])
+    _scenario_ticks(axis, scenarios)
+    axis.set_ylabel("events/s (median)")
+    axis.set_yscale("log")
+    axis.set_title("Throughput, end to end")
+    axis.legend()
+
+
+def latency_panel(axis: Any, table: Medians) -> None:
+    scenarios = _ack_scenarios(table)
+    for offset, name in enumerate(("connector", "baseline")):
+        for metric in ("ack_p50_ms", "ack_p99_ms"):
+            p99 = metric == "ack_p99_ms"
+            axis.bar(
+                [i + (offset * 2 + p99 - 1.5) * 0.2 for i in range(len(scenarios))],
+                [_value(table, s, name, metric) for s in scenarios],
+                0.2,
+                hatch="//" if p99 else "",
+                label=f"{CLIENT_LABELS[name]} {metric[4:7]}",
+                color=f"C{offset}",
+                alpha=0.6 if p99 else 1.0,
+            )
+    _scenario_ticks(axis, scenarios)
+    axis.set_ylabel("ack latency, ms (median of runs)")
+    axis.set_title("Ack latency p50 / p99")
+    axis.legend()
+
+
+def _scenario_ticks(axis: Any, scenarios: list[str]) -> None:
+    axis.set_xticks(range(len(scenarios)))
+    axis.set_xticklabels([SCENARIO_LABELS[s] for s in scenarios], rotation=20, ha="right")
+
+
+def scale_rates_panel(axis: Any, table: Medians) -> None:
+    """Aggregate and per-connector events/s against the connector count, per topology."""
+    for topology, counts, rows in _by_topology(table):
+        aggregate = [row.get("events_per_s") or 0.0 for row in rows]
+        each = [row.get("per_connector_events_per_s") or 0.0 for row in rows]
+        axis.plot(counts, aggregate, marker="o", label=f"{topology}: aggregate")
+        axis.plot(counts, each, marker="x", linestyle="--", label=f"{topology}: per connector")
+    _count_axis(axis, table, "events/s stored (median)", "Scale: throughput")
+
+
+def scale_cores_panel(axis: Any, table: Medians) -> None:
+    for topology, counts, rows in _by_topology(table):
+        axis.plot(
+            counts, [row.get("busy_cores") or 0.0 for row in rows], marker="o", label=topology
+        )
+    _count_axis(axis, table, "busy cores (machine)", "Scale: CPU")
+
+
+def _by_topology(table: Medians) -> list[tuple[str, list[int], list[dict[str, Any]]]]:
+    grouped: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for variant, row in scale_rows(table):
+        topology, count = split_variant(variant)
+        grouped.setdefault(topology, []).append((count, row))
+    return [(t, [c for c, _ in rows], [r for _, r in rows]) for t, rows in grouped.items()]
+
+
+def _count_axis(axis: Any, table: Medians, ylabel: str, title: str) -> None:
+    axis.set_xticks(sorted({split_variant(variant)[1] for variant in table.get("scale", {})}))
+    axis.set_xlabel("connectors at once")
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(bottom=0)
+    axis.set_title(title)
+    axis.legend()
+
+
 def _value(table: Medians, scenario: str, client: str, name: str) -> float:
     value = table.get(scenario, {}).get(client, {}).get(name)
     return float(value) if isinstance(value, int | float) else 0.0
-
-
-def draw_scale(rows: list[dict[str, Any]], path: Path, title: str) -> str | None:
-    """The scale scenario: aggregate and per-connector events/s against the connector count,
-    one line per Redis topology; busy cores on the right."""
-    plt = load_pyplot()
-    if plt is None:
-        return MISSING_MESSAGE
-    figure, (rates, cores) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for topology in dict.fromkeys(str(row["topology"]) for row in rows):
-        mine = [row for row in rows if row["topology"] == topology]
-        counts = [int(row["connectors"]) for row in mine]
-        rates.plot(
-            counts,
-            [row.get("aggregate_events_per_s") or 0.0 for row in mine],
-            marker="o",
-            label=f"{topology}: aggregate",
-        )
-        rates.plot(
-            counts,
-            [row.get("per_connector_events_per_s") or 0.0 for row in mine],
-            marker="x",
-            linestyle="--",
-            label=f"{topology}: per connector",
-        )
-        cores.plot(
-            counts, [row.get("busy_cores") or 0.0 for row in mine], marker="o", label=topology
-        )
-    ticks = sorted({int(row["connectors"]) for row in rows})
-    rates.set_xticks(ticks)
-    cores.set_xticks(ticks)
-    rates.set_xlabel("connectors at once")
-    rates.set_ylabel("events/s stored (median)")
-    rates.set_ylim(bottom=0)
-    rates.set_title("Throughput")
-    rates.legend()
-    cores.set_xlabel("connectors at once")
-    cores.set_ylabel("busy cores (machine)")
-    cores.set_ylim(bottom=0)
-    cores.set_title("CPU")
-    cores.legend()
-    figure.suptitle(f"{title}: scale")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return None

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
 
+import connector
 from connector.localredis import free_port
 from connector_bench.procs import (
     READY_TIMEOUT,
+    BenchError,
     Managed,
     Processes,
     child_env,
@@ -38,7 +41,6 @@ class ClientProcess:
     kind: str
     process: Managed
     http_port: int | None = None
-    helpers: list[Managed] = field(default_factory=list)  # e.g. the confirming consumer
 
     def metrics_text(self) -> str | None:
         if self.http_port is None:
@@ -54,6 +56,11 @@ def connector_keys(symbols: Sequence[str], prefix: str = STREAM_PREFIX) -> list[
         keys.append(f"{prefix}:{{{symbol}}}:candle:1m")
         keys.append(f"{prefix}:{{{symbol}}}:quote")
     return keys
+
+
+def candle_keys(symbols: Sequence[str], prefix: str = STREAM_PREFIX) -> list[str]:
+    """The connector's 1m candle streams for ``symbols`` (what a backtest step writes)."""
+    return [f"{prefix}:{{{symbol}}}:candle:1m" for symbol in symbols]
 
 
 def baseline_keys(symbols: Sequence[str]) -> list[str]:
@@ -144,8 +151,65 @@ def start_consumer(
     ]
     own = {k: v for k, v in (settings or {}).items() if k in CONSUMER_SETTINGS}
     consumer = processes.start("consumer", argv, env=child_env(own))
+    _wait_joined(consumer, redis_url, f"{STREAM_PREFIX}:backtest_complete", group)
+    return consumer
+
+
+#: The documented plain redis-py consumer, relative to the source tree's root.
+PLAIN_RECIPE = Path("docs", "recipes", "redis_py_consumer.py")
+
+
+def plain_recipe(root: Path | None = None) -> Path:
+    """The repository's ``docs/recipes/redis_py_consumer.py``: the bench runs that very file, so
+    its figure is the documented recipe's. ``root``: the source tree (default: the one the
+    ``connector`` package is imported from)."""
+    tree = root if root is not None else Path(connector.__file__).resolve().parent.parent
+    path = tree / PLAIN_RECIPE
+    if not path.is_file():
+        raise BenchError(
+            f"the plain-XACK consumer recipe is not at {path}: the consumer-plain scenarios run "
+            "the repository's docs/recipes/redis_py_consumer.py, so run the bench from a source "
+            "checkout (pip install -e . -e ./bench)"
+        )
+    return path
+
+
+def start_plain_consumer(
+    processes: Processes, redis_url: str, group: str, streams: Sequence[str]
+) -> Managed:
+    """The recipe as its own process, reading ``streams`` in ``group`` (it XACKs and never
+    notifies). Ready once it waits in a blocked XREADGROUP (Redis 7.0 adds the member to the
+    group only when it is first served), so its start-up is over before the run starts. Its
+    per-entry line goes to a file, as an operator's log would."""
+    argv = [sys.executable, str(plain_recipe())]
+    env = child_env(
+        {
+            "REDIS_URL": redis_url,
+            "GROUP": group,
+            "STREAMS": ",".join(streams),
+            "CONSUMER": "bench-plain",
+        }
+    )
+    consumer = processes.start("consumer", argv, env=env, capture_stdout=True)
     probe = Redis.from_url(redis_url, socket_timeout=5)
-    key = f"{STREAM_PREFIX}:backtest_complete"
+
+    def blocked() -> bool:
+        try:
+            clients = probe.client_list()
+        except RedisError:
+            return False
+        return any(c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "") for c in clients)
+
+    try:
+        wait_until(blocked, READY_TIMEOUT, "the consumer's first blocked read", process=consumer)
+    finally:
+        probe.close()
+    return consumer
+
+
+def _wait_joined(consumer: Managed, redis_url: str, key: str, group: str) -> None:
+    """Until ``group`` on ``key`` has a member (a consumer joins with its first read)."""
+    probe = Redis.from_url(redis_url, socket_timeout=5)
 
     def joined() -> bool:
         try:
@@ -157,7 +221,6 @@ def start_consumer(
         wait_until(joined, READY_TIMEOUT, "the consumer to join its group", process=consumer)
     finally:
         probe.close()
-    return consumer
 
 
 def _wait_ready_line(process: Managed) -> None:

@@ -3,17 +3,23 @@
 Every run starts its own processes: a private redis-server, the client under test (the connector,
 the docs-loop baseline, or a receive-only client showing the simulator's own limit) and the
 simulator (`connector simulate`). Scenarios: live burst, backtest lock-step (immediate acks),
-backtest with consumer-confirmed acks, ack latency at a fixed rate, and a 1,000,000-event run for
-peak memory; optionally a soak (--soak SECONDS) that watches the connector's memory, and the scale
-scenario (--scenarios scale): 1, 2, 3... connectors at once, each with its own simulator and
-stream prefix, against one redis-server or a local Redis Cluster (--cluster).
+backtest in consumer-ack mode with the toolkit (`consumer`, it notifies) and with the documented
+plain redis-py consumer (`consumer-plain`, it only XACKs), ack latency at a fixed rate, and a
+1,000,000-event run for peak memory. Only when named (or with --quick): `consumer-wide` and
+`consumer-wide-plain` (500 symbols per step) and `consumer-idle` (1,000 idle streams beside the
+run's), which show what checking group state costs Redis; `scale` (--scenarios scale): 1, 2, 3...
+connectors at once, each with its own simulator and stream prefix, against one redis-server or a
+local Redis Cluster (--cluster). Optionally a soak (--soak SECONDS) that watches the connector's
+memory.
 
 Prints a table of medians with the targets (PASS/MISS); --json writes every run; --chart draws a
 PNG (needs matplotlib); --profile DIR records py-spy profiles of the connector. Exit code 0 when
 every run completed (targets missed or not), 1 when a run failed, 2 for bad options.
 
-Quick check (about 20 seconds): connector bench --quick
-Full run (about 6 minutes): connector bench --json /tmp/bench.json   (see docs/performance.md)
+Quick check (about 40 seconds, every scenario but scale): connector bench --quick
+Full run (about 7 minutes): connector bench --json /tmp/bench.json   (see docs/performance.md)
+Checking cost: connector bench --scenarios backtest,consumer,consumer-plain,consumer-wide,\
+    consumer-wide-plain,consumer-idle --clients connector
 Scale (about 5 minutes): connector bench --scenarios scale --cluster --also-single
     (see docs/scaling.md)
 """
@@ -27,7 +33,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,32 +41,40 @@ from typing import Any
 import orjson
 
 from connector_bench import chart, machine
-from connector_bench.report import document, machine_line, profile_block, render
-from connector_bench.results import SCENARIOS, RunResult, evaluate_targets, medians
-from connector_bench.scale import ScalePlan, ScaleRunner
-from connector_bench.scaling import ScaleRun, render_scale, scale_medians
-from connector_bench.scenarios import Plan, Runner
+from connector_bench.backtest import BACKTEST_SCENARIOS
+from connector_bench.feeds import Latency, Live, soak
+from connector_bench.report import document, profile_block, render
+from connector_bench.results import CLIENTS, SCENARIOS, RunResult, evaluate_targets, medians
+from connector_bench.scale import ScalePlan, scale_scenarios, scale_settings
+from connector_bench.scenarios import Plan, Runner, Scenario, symbol_names
 
-#: Scenarios run only when named (not part of the default selection).
-EXTRA_SCENARIOS: tuple[str, ...] = ("scale",)
+#: Scenarios run only when named (not part of the default selection); --quick runs all but
+#: ``scale`` (its own options) at tiny sizes.
+EXTRA_SCENARIOS: tuple[str, ...] = (
+    "consumer-wide",
+    "consumer-wide-plain",
+    "consumer-idle",
+    "scale",
+)
+DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in EXTRA_SCENARIOS)
+QUICK_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s != "scale")
 
-#: Symbols used in order; more than these get generated names.
-SYMBOL_NAMES = ("AAPL", "MSFT", "BTCUSD", "EURUSD", "GOOG", "AMZN", "NVDA", "TSLA")
-#: Which clients each scenario runs with.
+#: Which clients each scenario runs with (the consumer-ack ones and the scale scenario: the
+#: connector only, the docs' loop has no consumer mode).
 SCENARIO_CLIENTS: dict[str, tuple[str, ...]] = {
-    "live": ("connector", "baseline", "raw"),
-    "backtest": ("connector", "baseline", "raw"),
-    "consumer": ("connector",),
-    "latency": ("connector", "baseline", "raw"),
-    "million": ("connector",),
+    name: CLIENTS if name in ("live", "backtest", "latency") else ("connector",)
+    for name in SCENARIOS
 }
-#: Scenarios profiled with --profile (connector only).
-PROFILED = ("live", "backtest", "consumer", "latency")
+#: Scenarios profiled with --profile (connector only; scale: one connector per topology).
+PROFILED = ("live", "backtest", "consumer", "consumer-plain", "latency")
 
 QUICK = Plan(
     live_events=5_000,
     backtest_steps=200,
     consumer_steps=100,
+    wide_symbols=20,
+    wide_steps=20,
+    idle_streams=100,
     latency_events=500,
     million_events=10_000,
     first_timeout=30.0,
@@ -69,15 +83,38 @@ QUICK = Plan(
 )
 DEFAULT = Plan()
 
+#: Size options and the Plan field each sets.
+SIZE_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("events", "live_events"),
+    ("steps", "backtest_steps"),
+    ("consumer_steps", "consumer_steps"),
+    ("wide_symbols", "wide_symbols"),
+    ("wide_steps", "wide_steps"),
+    ("idle_streams", "idle_streams"),
+    ("latency_events", "latency_events"),
+    ("latency_rate", "latency_rate"),
+    ("million", "million_events"),
+    ("soak_interval", "soak_interval"),
+    ("stall_timeout", "stall_timeout"),
+)
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    d = DEFAULT
+    _what_options(parser)
+    _size_options(parser)
+    _soak_options(parser)
+    _scale_options(parser)
+    _output_options(parser)
+
+
+def _what_options(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to run")
     what.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help="comma list of %(default)s, or 'none' (e.g. with --soak only); also 'scale' "
-        "(only when named: several connectors at once, see the scale options)",
+        default=None,
+        help=f"comma list of {','.join(SCENARIOS)}, or 'none' (e.g. with --soak only); default "
+        f"{','.join(DEFAULT_SCENARIOS)} ({', '.join(EXTRA_SCENARIOS)} only when named; --quick: "
+        "all but scale)",
     )
     what.add_argument(
         "--clients",
@@ -88,37 +125,27 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--quick", action="store_true", help="tiny counts (a few seconds per run): a smoke test"
     )
+
+
+def _size_options(parser: argparse.ArgumentParser) -> None:
+    d = DEFAULT
     sizes = parser.add_argument_group("sizes")
     sizes.add_argument(
         "--symbols", type=int, default=None, help=f"symbols (default {len(d.symbols)})"
     )
-    sizes.add_argument("--events", type=int, default=None, help=f"live events ({d.live_events:,})")
-    sizes.add_argument(
-        "--steps", type=int, default=None, help=f"backtest steps ({d.backtest_steps:,})"
-    )
-    sizes.add_argument(
-        "--consumer-steps",
-        type=int,
-        default=None,
-        help=f"consumer-ack steps ({d.consumer_steps:,})",
-    )
-    sizes.add_argument(
-        "--latency-events", type=int, default=None, help=f"latency events ({d.latency_events:,})"
-    )
+    for option, name, what in (
+        ("--events", "live_events", "live events"),
+        ("--steps", "backtest_steps", "backtest steps"),
+        ("--consumer-steps", "consumer_steps", "consumer-ack steps"),
+        ("--wide-symbols", "wide_symbols", "symbols per step of consumer-wide*"),
+        ("--wide-steps", "wide_steps", "steps of consumer-wide*"),
+        ("--idle-streams", "idle_streams", "idle streams of consumer-idle"),
+        ("--latency-events", "latency_events", "latency events"),
+        ("--million", "million_events", "events of the peak-RSS run"),
+    ):
+        sizes.add_argument(option, type=int, default=None, help=f"{what} ({getattr(d, name):,})")
     sizes.add_argument(
         "--latency-rate", type=float, default=None, help=f"latency events/s ({d.latency_rate:g})"
-    )
-    sizes.add_argument(
-        "--million",
-        type=int,
-        default=None,
-        help=f"events of the peak-RSS run ({d.million_events:,})",
-    )
-    soak = parser.add_argument_group("soak")
-    soak.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="0 = no soak")
-    soak.add_argument("--soak-rate", type=float, default=d.soak_rate, help="events/s (%(default)g)")
-    soak.add_argument(
-        "--soak-interval", type=float, default=None, help="seconds between RSS samples (5)"
     )
     sizes.add_argument(
         "--connector-env",
@@ -136,6 +163,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "'-m connector run' (shell-style words), e.g. another checkout's "
         "'/path/.venv/bin/python -m connector run' to compare two versions",
     )
+
+
+def _soak_options(parser: argparse.ArgumentParser) -> None:
+    soak_group = parser.add_argument_group("soak")
+    soak_group.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="0 = none")
+    soak_group.add_argument(
+        "--soak-rate", type=float, default=DEFAULT.soak_rate, help="events/s (%(default)g)"
+    )
+    soak_group.add_argument(
+        "--soak-interval", type=float, default=None, help="seconds between RSS samples (5)"
+    )
+
+
+def _scale_options(parser: argparse.ArgumentParser) -> None:
     scale = parser.add_argument_group(
         "scale (--scenarios scale)",
         "N connectors at once, each with its own simulator (live burst of --events events) and "
@@ -178,6 +219,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="every connector gets the same symbols (default: each its own, as sessions with "
         "split subscriptions); the same symbol hashes to the same slot whatever the prefix",
     )
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, default=None, metavar="FILE", help="write every run")
     out.add_argument("--chart", type=Path, default=None, metavar="FILE", help="PNG (matplotlib)")
@@ -209,16 +253,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
     if count < 1:
         raise ValueError("--symbols must be >= 1")
     overrides: dict[str, Any] = {"symbols": symbol_names(count)}
-    for option, name in (
-        ("events", "live_events"),
-        ("steps", "backtest_steps"),
-        ("consumer_steps", "consumer_steps"),
-        ("latency_events", "latency_events"),
-        ("latency_rate", "latency_rate"),
-        ("million", "million_events"),
-        ("soak_interval", "soak_interval"),
-        ("stall_timeout", "stall_timeout"),
-    ):
+    for option, name in SIZE_OPTIONS:
         value = getattr(args, option)
         if value is not None:
             if value <= 0:
@@ -238,15 +273,9 @@ def _setting(text: str) -> tuple[str, str]:
     return name.upper(), value
 
 
-def symbol_names(count: int) -> tuple[str, ...]:
-    names = list(SYMBOL_NAMES[:count])
-    names += [f"SYM{i}" for i in range(len(names) + 1, count + 1)]
-    return tuple(names)
-
-
 def scale_plan_from(args: argparse.Namespace) -> ScalePlan | None:
     """The scale scenario's shape when ``scale`` is among the scenarios, else None."""
-    if "scale" not in _split(args.scenarios):
+    if "scale" not in _scenario_names(args):
         return None
     try:
         counts = tuple(int(part) for part in _split(args.connectors))
@@ -276,30 +305,67 @@ def scale_plan_from(args: argparse.Namespace) -> ScalePlan | None:
 
 def selection(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(scenario, client) pairs to run, in display order (the scale scenario apart)."""
-    scenarios = [s for s in _split(args.scenarios) if s not in EXTRA_SCENARIOS]
-    if scenarios == ["none"] or (not scenarios and "scale" in _split(args.scenarios)):
+    named = _scenario_names(args)
+    if named == ["none"]:
         return []
-    unknown = [s for s in scenarios if s not in SCENARIOS]
+    unknown = [s for s in named if s not in SCENARIOS]
     if unknown:
-        raise ValueError(
-            f"unknown scenario(s) {', '.join(unknown)}; "
-            f"choose from {(*SCENARIOS, *EXTRA_SCENARIOS)}"
-        )
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
     clients = _split(args.clients)
-    bad = [c for c in clients if c not in ("connector", "baseline", "raw")]
+    bad = [c for c in clients if c not in CLIENTS]
     if bad:
         raise ValueError(f"unknown client(s) {', '.join(bad)}")
     return [
         (scenario, client)
         for scenario in SCENARIOS
-        if scenario in scenarios
+        if scenario in named and scenario != "scale"
         for client in SCENARIO_CLIENTS[scenario]
         if client in clients
     ]
 
 
+def _scenario_names(args: argparse.Namespace) -> list[str]:
+    if args.scenarios is None:
+        return list(QUICK_SCENARIOS if args.quick else DEFAULT_SCENARIOS)
+    return _split(args.scenarios)
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def scenario_for(name: str) -> Scenario:
+    """The scenario object behind a name (the scale scenario has its own: see ``jobs``)."""
+    if name in BACKTEST_SCENARIOS:
+        return BACKTEST_SCENARIOS[name]
+    if name == "latency":
+        return Latency()
+    return Live(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the table: a scenario (and variant) with a client; run ``repeat`` times."""
+
+    scenario: Scenario
+    client: str
+
+
+def jobs(pairs: list[tuple[str, str]], scale: ScalePlan | None, cores: int) -> list[Job]:
+    found = [Job(scenario_for(name), client) for name, client in pairs]
+    if scale is not None:
+        found += [Job(scenario, "connector") for scenario in scale_scenarios(scale, cores)]
+    return found
+
+
+def profile_jobs(found: list[Job], scale: ScalePlan | None, cores: int) -> list[Job]:
+    """The extra, profiled runs of --profile: the connector in the PROFILED scenarios, and one
+    connector alone per scale topology (its per-event cost, without neighbours on the CPUs)."""
+    chosen = [j for j in found if j.client == "connector" and j.scenario.name in PROFILED]
+    if scale is not None:
+        alone = replace(scale, connectors=(1,))
+        chosen += [Job(scenario, "connector") for scenario in scale_scenarios(alone, cores)]
+    return chosen
 
 
 def _log(message: str) -> None:
@@ -311,21 +377,36 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What one ``connector bench`` runs, from its options."""
+
+    plan: Plan
+    pairs: list[tuple[str, str]]
+    scale: ScalePlan | None
+    repeat: int
+
+
+def invocation(args: argparse.Namespace) -> Invocation:
+    """The options, checked (ValueError with a one-line message)."""
+    plan = plan_from(args)
+    pairs = selection(args)
+    scale = scale_plan_from(args)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        raise ValueError("--repeat must be >= 1")
+    if args.soak < 0:
+        raise ValueError("--soak must be >= 0")
+    if not pairs and not args.soak and scale is None:
+        raise ValueError("nothing to run")
+    return Invocation(plan, pairs, scale, repeat)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        plan = plan_from(args)
-        pairs = selection(args)
-        scale = scale_plan_from(args)
-        repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
-        if repeat < 1:
-            raise ValueError("--repeat must be >= 1")
-        if args.soak < 0:
-            raise ValueError("--soak must be >= 0")
+        what = invocation(args)
     except ValueError as exc:
         print(f"connector bench: {exc}", file=sys.stderr)
-        return 2
-    if not pairs and not args.soak and scale is None:
-        print("connector bench: nothing to run", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     temporary = args.workdir is None
@@ -333,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     failed = True
     try:
-        failed = _bench(args, plan, pairs, repeat, workdir, scale)
+        failed = _bench(args, what, workdir)
     finally:
         signal.signal(signal.SIGTERM, previous)
         if temporary and not failed:
@@ -343,119 +424,84 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _bench(
-    args: argparse.Namespace,
-    plan: Plan,
-    pairs: list[tuple[str, str]],
-    repeat: int,
-    workdir: Path,
-    scale: ScalePlan | None = None,
-) -> bool:
+def _bench(args: argparse.Namespace, what: Invocation, workdir: Path) -> bool:
     """Run everything, print and write the results; True if any run failed."""
     facts = machine.describe()
-    scale_count = 0 if scale is None else len(scale.connectors) * len(scale.topologies)
+    found = jobs(what.pairs, what.scale, facts["nproc"])
+    soak_text = f"soak {args.soak:g} s, " if args.soak else ""
     _log(
-        f"{(len(pairs) + scale_count) * repeat} runs ({repeat} x {len(pairs) + scale_count}), "
-        f"{'soak ' + format(args.soak, 'g') + ' s, ' if args.soak else ''}"
+        f"{len(found) * what.repeat} runs ({what.repeat} x {len(found)}), {soak_text}"
         f"on {facts['nproc']} CPUs; logs in {workdir}"
     )
-    runner = Runner(plan, workdir, _log, args.profile)
-    runs: list[RunResult] = []
-    # Repeats are interleaved (all scenarios, then again), so a passing disturbance on the
-    # machine spreads over scenarios instead of skewing one median.
-    for index in range(repeat):
-        for scenario, client in pairs:
-            runs.append(runner.run(scenario, client, index))
-    scale_runs: list[ScaleRun] = []
-    scale_profiles: list[dict[str, Any]] = []
-    scaler = None
-    if scale is not None:
-        scaler = ScaleRunner(plan, scale, workdir, _log, facts["nproc"], args.profile)
-        for index in range(repeat):
-            for topology in scale.topologies:
-                for count in scale.connectors:
-                    scale_runs.append(scaler.run(topology, count, index))
-        if args.profile is not None:
-            # One connector alone: its per-event cost, without neighbours on the CPUs.
-            for topology in scale.topologies:
-                scaled = scaler.run(topology, 1, 0, profile=True)
-                scale_profiles.append(
-                    {
-                        "scenario": f"scale ({topology}, 1 connector)",
-                        "client": "connector",
-                        "profile": scaled.extra.get("profile"),
-                        "run": scaled.to_dict(),
-                    }
-                )
-    soak = runner.soak(args.soak) if args.soak else None
-    profiles: list[dict[str, Any]] = []
+    runner = Runner(what.plan, workdir, _log, args.profile)
+    runs = [
+        # Repeats are interleaved (every row, then again), so a passing disturbance on the
+        # machine spreads over scenarios instead of skewing one median.
+        runner.run(job.scenario, job.client, index)
+        for index in range(what.repeat)
+        for job in found
+    ]
+    soaked = soak(what.plan, workdir, _log, args.soak) if args.soak else None
+    profiles = []
     if args.profile is not None:
-        for scenario in PROFILED:
-            if (scenario, "connector") in pairs:
-                profiled = runner.run(scenario, "connector", 0, profile=True)
-                profiles.append(
-                    {
-                        "scenario": scenario,
-                        "client": "connector",
-                        "profile": profiled.extra.get("profile"),
-                        "run": profiled.to_dict(),
-                    }
-                )
+        profiles = _profiles(runner, profile_jobs(found, what.scale, facts["nproc"]))
     facts["load_average_end"] = machine.load_average()
     facts["source_digest_end"] = machine.source_digest()
     if facts["source_digest_end"] != facts["source_digest_start"]:
         _log("WARNING: the connector's source changed during the benchmark; results mix versions")
+    _output(args, what, facts, runs, soaked, profiles)
+    return any(not run.ok for run in runs)
+
+
+def _profiles(runner: Runner, chosen: list[Job]) -> list[dict[str, Any]]:
+    profiles = []
+    for job in chosen:
+        profiled = runner.run(job.scenario, job.client, 0, profile=True)
+        label = job.scenario.name + (f" ({job.scenario.variant})" if job.scenario.variant else "")
+        profiles.append(
+            {
+                "scenario": label,
+                "client": job.client,
+                "profile": profiled.extra.get("profile"),
+                "run": profiled.to_dict(),
+            }
+        )
+    return profiles
+
+
+def _output(
+    args: argparse.Namespace,
+    what: Invocation,
+    facts: dict[str, Any],
+    runs: list[RunResult],
+    soaked: dict[str, Any] | None,
+    profiles: list[dict[str, Any]],
+) -> None:
+    """The table on stdout, then --json and --chart."""
     table = medians(runs)
-    targets = evaluate_targets(table, soak, plan.million_events)
-    settings = {**asdict(plan), "repeat": repeat, "scenarios": sorted({s for s, _ in pairs})}
-    scale_doc: dict[str, Any] | None = None
-    if pairs or soak is not None:
-        sys.stdout.write(render(facts, settings, table, targets, runs, soak))
-    if scaler is not None:
-        rows = scale_medians(scale_runs)
-        scale_settings = scaler.settings(repeat)
-        if not pairs and soak is None:
-            sys.stdout.write(f"connector bench on {machine_line(facts)}\n")
-        sys.stdout.write("\n" + render_scale(rows, scale_runs, scale_settings))
-        if scale_profiles:
-            sys.stdout.write("\nprofiles (py-spy, share of the connector's on-CPU samples):\n")
-            sys.stdout.write(profile_block(scale_profiles) + "\n")
-        scale_doc = {
-            "settings": scale_settings,
-            "rows": rows,
-            "runs": [run.to_dict() for run in scale_runs],
-            "profiles": scale_profiles,
-        }
+    targets = evaluate_targets(table, soaked, what.plan.million_events)
+    settings: dict[str, Any] = {
+        **asdict(what.plan),
+        "repeat": what.repeat,
+        "scenarios": sorted({run.scenario for run in runs}),
+    }
+    if what.scale is not None:
+        settings["scale"] = scale_settings(what.plan, what.scale, what.repeat)
+    sys.stdout.write(render(facts, settings, table, targets, runs, soaked))
     if profiles:
         sys.stdout.write("\nprofiles (py-spy, share of the connector's on-CPU samples):\n")
         sys.stdout.write(profile_block(profiles) + "\n")
     sys.stdout.flush()
     if args.json is not None:
-        doc = document(facts, settings, table, targets, runs, soak, profiles)
-        doc["scale"] = scale_doc
+        doc = document(facts, settings, table, targets, runs, soaked, profiles)
         args.json.write_bytes(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
         )
         _log(f"wrote {args.json}")
     if args.chart is not None:
-        _charts(args.chart, table, scale_doc, facts)
-    return any(not run.ok for run in runs) or any(not run.ok for run in scale_runs)
-
-
-def _charts(
-    path: Path, table: Any, scale_doc: dict[str, Any] | None, facts: dict[str, Any]
-) -> None:
-    """The medians chart at ``path`` (when there are medians); the scale chart beside it
-    (``<name>-scale.png``, or at ``path`` itself when only the scale scenario ran)."""
-    title = f"connector bench ({facts['nproc']} CPUs)"
-    drawn: list[tuple[Path, str | None]] = []
-    if table:
-        drawn.append((path, chart.draw(table, path, title)))
-    if scale_doc is not None:
-        target = path.with_name(f"{path.stem}-scale{path.suffix}") if table else path
-        drawn.append((target, chart.draw_scale(scale_doc["rows"], target, title)))
-    for target, problem in drawn:
+        title = f"connector bench ({facts['nproc']} CPUs)"
+        problem = chart.draw(table, args.chart, title)
         if problem is not None:
             print(problem, file=sys.stderr)
         else:
-            _log(f"wrote {target}")
+            _log(f"wrote {args.chart}")

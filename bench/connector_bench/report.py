@@ -6,10 +6,12 @@ text or a dict, so it is unit-tested without running anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from connector_bench.results import (
+    BACKTESTS,
     CLIENT_LABELS,
     CLIENTS,
     PRIMARY,
@@ -19,29 +21,34 @@ from connector_bench.results import (
     Target,
     baseline_ratio,
 )
+from connector_bench.scaling import scale_rows
+from connector_bench.stats import ratio
 
 DASH = "-"
-JSON_FORMAT_VERSION = 1
+JSON_FORMAT_VERSION = 2
 
 SCENARIO_LABELS: dict[str, str] = {
     "live": "live burst",
     "backtest": "backtest lock-step",
-    "consumer": "backtest consumer-ack",
+    "consumer": "consumer-ack, toolkit",
+    "consumer-plain": "consumer-ack, plain XACK",
+    "consumer-wide": "consumer-ack wide, toolkit",
+    "consumer-wide-plain": "consumer-ack wide, plain XACK",
+    "consumer-idle": "consumer-ack idle streams, plain",
     "latency": "ack latency @ fixed rate",
     "million": "1M events (peak RSS)",
+    "scale": "scale",
 }
 
-HEADERS = (
-    "scenario",
-    "client",
-    "events",
-    "events/s",
-    "steps/s",
-    "ack p50/p99/max ms",
-    "CPU s/1k ev",
-    "peak RSS MB",
-    "vs baseline",
-)
+#: The consumer each lock-step backtest runs, as the step-cost table names it.
+CONSUMER_LABELS: dict[str, str] = {
+    "backtest": "none (immediate acks)",
+    "consumer": "toolkit (notifies)",
+    "consumer-plain": "plain XACK (checked)",
+    "consumer-wide": "toolkit (notifies)",
+    "consumer-wide-plain": "plain XACK (checked)",
+    "consumer-idle": "plain XACK (checked)",
+}
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -71,6 +78,48 @@ def number(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+# -- one renderer, a column set per table ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One median row as a table sees it: where it comes from, and the whole table (ratios)."""
+
+    scenario: str
+    key: str
+    row: dict[str, Any]
+    table: Medians
+
+    def figure(self, name: str) -> float | None:
+        value = self.row.get(name)
+        return float(value) if isinstance(value, int | float) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    header: str
+    cell: Callable[[Line], str]
+    right: bool = True
+
+
+def render_table(columns: Sequence[Column], lines: Sequence[Line]) -> str:
+    rows = [[column.cell(line) for column in columns] for line in lines]
+    right = {i for i, column in enumerate(columns) if column.right}
+    return format_table([column.header for column in columns], rows, right)
+
+
+def _figure(name: str, digits: int = 0, scale: float = 1.0) -> Callable[[Line], str]:
+    def cell(line: Line) -> str:
+        value = line.figure(name)
+        return number(None if value is None else value * scale, digits)
+
+    return cell
+
+
+def _flag(row: dict[str, Any]) -> str:
+    return "" if row["ok_runs"] == row["runs"] else f" ({row['ok_runs']}/{row['runs']} ok)"
+
+
 def latency_cell(row: dict[str, Any]) -> str:
     values = [row.get("ack_p50_ms"), row.get("ack_p99_ms"), row.get("ack_max_ms")]
     if all(v is None for v in values):
@@ -84,38 +133,92 @@ def ratio_cell(table: Medians, scenario: str, client: str) -> str:
     value = baseline_ratio(table, scenario)
     if value is None:
         return DASH
-    _, higher_is_better = PRIMARY.get(scenario, ("", True))
-    name = PRIMARY.get(scenario, ("events_per_s", True))[0]
+    name, higher_is_better = PRIMARY.get(scenario, ("events_per_s", True))
     what = {"events_per_s": "events/s", "steps_per_s": "steps/s", "ack_p99_ms": "p99"}[name]
     suffix = "" if higher_is_better else " (lower is better)"
     return f"{value:.2f}x {what}{suffix}"
 
 
-def median_rows(table: Medians) -> list[list[str]]:
-    rows: list[list[str]] = []
-    for scenario in SCENARIOS:
-        clients = table.get(scenario)
-        if not clients:
-            continue
-        for client in CLIENTS:
-            row = clients.get(client)
-            if row is None:
-                continue
-            flag = "" if row["ok_runs"] == row["runs"] else f" ({row['ok_runs']}/{row['runs']} ok)"
-            rows.append(
-                [
-                    SCENARIO_LABELS.get(scenario, scenario),
-                    CLIENT_LABELS.get(client, client) + flag,
-                    number(row.get("events")),
-                    number(row.get("events_per_s")),
-                    number(row.get("steps_per_s")),
-                    latency_cell(row),
-                    number(row.get("cpu_per_1k_events"), 3),
-                    number(row.get("peak_rss_mb"), 1),
-                    ratio_cell(table, scenario, client),
-                ]
-            )
-    return rows
+MAIN_COLUMNS: tuple[Column, ...] = (
+    Column("scenario", lambda line: SCENARIO_LABELS.get(line.scenario, line.scenario), False),
+    Column("client", lambda line: CLIENT_LABELS.get(line.key, line.key) + _flag(line.row), False),
+    Column("events", _figure("events")),
+    Column("events/s", _figure("events_per_s")),
+    Column("steps/s", _figure("steps_per_s")),
+    Column("ack p50/p99/max ms", lambda line: latency_cell(line.row)),
+    Column("CPU s/1k ev", _figure("cpu_per_1k_events", 3)),
+    Column("peak RSS MB", _figure("peak_rss_mb", 1)),
+    Column("vs baseline", lambda line: ratio_cell(line.table, line.scenario, line.key), False),
+)
+
+
+def _consumer_cell(line: Line) -> str:
+    label = CONSUMER_LABELS.get(line.scenario, "")
+    idle = line.figure("idle_streams")
+    return label + (f" + {idle:,.0f} idle streams" if idle else "") + _flag(line.row)
+
+
+def _vs_immediate(line: Line) -> str:
+    immediate = line.table.get("backtest", {}).get("connector", {}).get("steps_per_s")
+    value = ratio(line.figure("steps_per_s"), immediate)
+    return DASH if value is None else f"{value:.2f}x"
+
+
+STEP_COLUMNS: tuple[Column, ...] = (
+    Column("scenario", lambda line: line.scenario, False),
+    Column("consumer", _consumer_cell, False),
+    Column("symbols", _figure("symbols")),
+    Column("steps/s", _figure("steps_per_s")),
+    Column("vs immediate", _vs_immediate),
+    Column("Redis CPU us/step", _figure("redis_us_per_step")),
+    Column("Redis CPU us/entry", _figure("redis_us_per_entry", 1)),
+    Column("ack frames/step", _figure("ack_frames_per_step", 2)),
+)
+
+
+def _speedup(line: Line) -> str:
+    value = line.figure("speedup_vs_1")
+    return DASH if value is None else f"{value:.2f}x"
+
+
+SCALE_COLUMNS: tuple[Column, ...] = (
+    Column("redis", lambda line: line.key.partition("/")[0] + _flag(line.row), False),
+    Column("connectors", lambda line: line.key.partition("/")[2]),
+    Column("events", _figure("events")),
+    Column("aggregate ev/s", _figure("events_per_s")),
+    Column("x vs 1", _speedup),
+    Column("per connector ev/s", _figure("per_connector_events_per_s")),
+    Column("slowest ev/s", _figure("per_connector_min_events_per_s")),
+    Column("conn CPU s/1k", _figure("cpu_per_1k_events", 3)),
+    Column("redis CPU s/1k", _figure("redis_us_per_entry", 3, scale=1e-3)),
+    Column("busy cores", _figure("busy_cores", 2)),
+    Column("peak RSS MB", _figure("peak_rss_mb", 1)),
+    Column("stored once", lambda line: "yes" if line.row.get("all_stored_once") else "NO", False),
+)
+
+
+def main_lines(table: Medians) -> list[Line]:
+    """Every row but the scale scenario's, in scenario then client order."""
+    return [
+        Line(scenario, client, table[scenario][client], table)
+        for scenario in SCENARIOS
+        if scenario != "scale"
+        for client in CLIENTS
+        if client in table.get(scenario, {})
+    ]
+
+
+def step_lines(table: Medians) -> list[Line]:
+    """The connector's lock-step backtests, immediate and consumer-ack."""
+    return [
+        Line(scenario, "connector", table[scenario]["connector"], table)
+        for scenario in BACKTESTS
+        if "connector" in table.get(scenario, {})
+    ]
+
+
+def scale_lines(table: Medians) -> list[Line]:
+    return [Line("scale", key, row, table) for key, row in scale_rows(table)]
 
 
 def targets_block(targets: Sequence[Target]) -> str:
@@ -152,11 +255,10 @@ def machine_line(machine: dict[str, Any]) -> str:
 def notes_block(runs: Sequence[RunResult]) -> str:
     lines = []
     for run in runs:
-        label = f"{run.scenario}/{run.client} #{run.index + 1}"
         if run.error:
-            lines.append(f"  {label}: FAILED: {run.error.splitlines()[0]}")
+            lines.append(f"  {run.label}: FAILED: {run.error.splitlines()[0]}")
         elif run.notes:
-            lines.append(f"  {label}: {'; '.join(run.notes)}")
+            lines.append(f"  {run.label}: {'; '.join(run.notes)}")
     return "\n".join(lines)
 
 
@@ -168,26 +270,105 @@ def render(
     runs: Sequence[RunResult],
     soak: dict[str, Any] | None = None,
 ) -> str:
-    """The whole human-readable report."""
-    parts = [
+    """The whole human-readable report: each section that has something to show."""
+    judged = bool(main_lines(table)) or soak is not None
+    sections = [
         f"connector bench on {machine_line(machine)}",
-        f"medians of {settings['repeat']} run(s) per row; {len(settings['symbols'])} symbols "
-        f"({','.join(settings['symbols'])}); every process separate (simulator, client, "
-        "redis-server)",
-        "",
-        format_table(HEADERS, median_rows(table), {2, 3, 4, 5, 6, 7}),
-        "",
-        "events/s: live = client connected (feed starts) -> last entry stored; backtest = first "
-        "step emitted -> last step released. ack latency: simulator emitted the frame -> "
-        "simulator received the ack naming it. CPU and peak RSS: the client process only.",
+        main_section(settings, table),
+        steps_section(table),
+        soak_line(soak) if soak is not None else "",
+        scale_section(settings.get("scale") or {}, table),
+        targets_block(targets) if judged else "",
     ]
-    if soak is not None:
-        parts += ["", soak_line(soak)]
-    parts += ["", targets_block(targets)]
     notes = notes_block(runs)
     if notes:
-        parts += ["", "notes:", notes]
-    return "\n".join(parts) + "\n"
+        sections.append(f"notes:\n{notes}")
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def main_section(settings: dict[str, Any], table: Medians) -> str:
+    lines = main_lines(table)
+    if not lines:
+        return ""
+    symbols = settings.get("symbols") or []
+    return "\n".join(
+        [
+            f"medians of {settings['repeat']} run(s) per row; {len(symbols)} symbols "
+            f"({','.join(symbols)}); every process separate (simulator, client, redis-server)",
+            "",
+            render_table(MAIN_COLUMNS, lines),
+            "",
+            "events/s: live = client connected (feed starts) -> last entry stored; backtest = "
+            "first step emitted -> last step released. ack latency: simulator emitted the frame "
+            "-> simulator received the ack naming it. CPU and peak RSS: the client process only.",
+        ]
+    )
+
+
+def steps_section(table: Medians) -> str:
+    """Immediate and consumer-ack backtests side by side: what each consumer costs Redis."""
+    lines = step_lines(table)
+    if not any(line.scenario != "backtest" for line in lines):
+        return ""
+    return "\n".join(
+        [
+            "lock-step backtests, the connector (medians):",
+            "",
+            render_table(STEP_COLUMNS, lines),
+            "",
+            "Redis CPU: the redis-server process over the run's window, per step and per stored "
+            "entry (it includes the connector's checks of group state for consumers that only "
+            "XACK). ack frames/step: event_ack frames naming a step's ids / steps (1.00 = each "
+            "step acknowledged in one frame).",
+        ]
+    )
+
+
+def scale_section(settings: dict[str, Any], table: Medians) -> str:
+    """The scale scenario: settings, the table, how to read it, memory per entry."""
+    lines = scale_lines(table)
+    if not lines:
+        return ""
+    parts = [_scale_heading(settings), "", render_table(SCALE_COLUMNS, lines), "", SCALE_LEGEND]
+    sizes = [
+        f"{line.key.partition('/')[0]} {line.figure('bytes_per_entry'):.0f}"
+        for line in lines
+        if line.key.endswith("/1") and line.figure("bytes_per_entry")
+    ]
+    if sizes:
+        parts.append(
+            "memory per stream entry (MEMORY USAGE of the first connector's market streams / "
+            f"their entries, bytes): {', '.join(sizes)}"
+        )
+    return "\n".join(parts)
+
+
+SCALE_LEGEND = (
+    "aggregate ev/s: all events stored / (first feed starts -> last entry stored by any "
+    "connector); per connector: its own window (median over connectors and runs; slowest: "
+    "the slowest connector). CPU s/1k: CPU seconds per 1,000 events, summed over the "
+    "connectors (redis: over its node(s)). busy cores: the whole machine over the burst "
+    "(/proc/stat). stored once: every prefix's entries-added = the events its simulator sent."
+)
+
+
+def _scale_heading(settings: dict[str, Any]) -> str:
+    cluster = settings.get("cluster") or {}
+    topo = []
+    if "single" in settings.get("topologies", ()):
+        topo.append("single = one redis-server")
+    if "cluster" in settings.get("topologies", ()):
+        topo.append(
+            f"cluster = local Redis Cluster, {cluster.get('masters')} masters, "
+            f"{cluster.get('replicas')} replica(s) per master"
+        )
+    symbols = "the same symbols" if settings.get("shared_symbols") else "its own symbols"
+    return (
+        f"scale: N connectors at once, each with its own simulator (live burst, back-pressured, "
+        f"{settings.get('events_per_connector', 0):,} events), its own stream prefix and "
+        f"{symbols} ({settings.get('symbols_per_connector')} per connector); medians of "
+        f"{settings.get('repeat')} run(s); {'; '.join(topo)}"
+    )
 
 
 def soak_line(soak: dict[str, Any]) -> str:

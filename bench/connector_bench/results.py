@@ -11,8 +11,20 @@ from connector_bench.stats import LatencySummary, median_or_none, ratio
 Client = Literal["connector", "baseline", "raw"]
 CLIENTS: tuple[Client, ...] = ("connector", "baseline", "raw")
 
+#: Consumer-ack scenarios, by the consumer they run (each as its own process):
+#: the toolkit (``connector consume``, which notifies) or the plain redis-py recipe (XACK only).
+CONSUMER_SCENARIOS: tuple[str, ...] = (
+    "consumer",
+    "consumer-plain",
+    "consumer-wide",
+    "consumer-wide-plain",
+    "consumer-idle",
+)
+#: Lock-step backtests: immediate acks, then every consumer-ack variant.
+BACKTESTS: tuple[str, ...] = ("backtest", *CONSUMER_SCENARIOS)
+
 #: Names of the scenarios, in the order they run and are shown.
-SCENARIOS: tuple[str, ...] = ("live", "backtest", "consumer", "latency", "million")
+SCENARIOS: tuple[str, ...] = ("live", *BACKTESTS, "latency", "million", "scale")
 
 #: What a client is called in the table.
 CLIENT_LABELS: dict[str, str] = {
@@ -22,13 +34,10 @@ CLIENT_LABELS: dict[str, str] = {
 }
 
 #: Per scenario: the headline figure the connector/baseline ratio is taken of, and whether a
-#: higher value is better.
+#: higher value is better (scenarios not named: events/s).
 PRIMARY: dict[str, tuple[str, bool]] = {
-    "live": ("events_per_s", True),
-    "backtest": ("steps_per_s", True),
-    "consumer": ("steps_per_s", True),
+    **dict.fromkeys(BACKTESTS, ("steps_per_s", True)),
     "latency": ("ack_p99_ms", False),
-    "million": ("events_per_s", True),
 }
 
 NUMERIC_FIELDS: tuple[str, ...] = (
@@ -44,17 +53,21 @@ NUMERIC_FIELDS: tuple[str, ...] = (
     "cpu_per_1k_events",
     "peak_rss_mb",
     "lost_events",
+    "redis_cpu_s",
 )
 
 
 @dataclass(slots=True)
 class RunResult:
-    """One run of one scenario with one client. Times in seconds, latencies in ms, memory in MB."""
+    """One run of one scenario with one client (and, for the scale scenario, one variant: the
+    topology and the connector count). Times in seconds, latencies in ms, memory in MB.
+    ``measures`` holds a scenario's own figures, which get medians like the fields do."""
 
     scenario: str
     client: str
     index: int
     expected_events: int
+    variant: str = ""
     events: int = 0
     duration_s: float = 0.0
     events_per_s: float = 0.0
@@ -68,6 +81,10 @@ class RunResult:
     cpu_per_1k_events: float | None = None
     peak_rss_mb: float | None = None
     lost_events: int = 0
+    redis_cpu_s: float | None = None
+    measures: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)  # must hold in every run of a row
+    parts: list[dict[str, Any]] = field(default_factory=list)  # scale: one per connector
     error: str | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -75,6 +92,15 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def key(self) -> str:
+        """The row it belongs to within its scenario: the variant, else the client."""
+        return self.variant or self.client
+
+    @property
+    def label(self) -> str:
+        return f"{self.scenario}/{self.key} #{self.index + 1}"
 
     def set_latency(self, summary: LatencySummary | None) -> None:
         if summary is None:
@@ -89,20 +115,38 @@ class RunResult:
         if cpu_s is not None and self.events > 0:
             self.cpu_per_1k_events = cpu_s / self.events * 1000.0
 
+    def set_redis_cpu(self, cpu_s: float | None) -> None:
+        """Redis' own CPU over the window, also per step and per entry (µs) in backtests."""
+        self.redis_cpu_s = cpu_s
+        if cpu_s is None:
+            return
+        if self.steps:
+            self.measures["redis_us_per_step"] = cpu_s / self.steps * 1e6
+        if self.events > 0:
+            self.measures["redis_us_per_entry"] = cpu_s / self.events * 1e6
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def median_row(runs: Sequence[RunResult]) -> dict[str, Any]:
-    """Median of every numeric field over the successful ``runs`` (None where none has it)."""
+    """Median of every numeric field and measure over the successful ``runs`` (None where none
+    has it)."""
     good = [run for run in runs if run.ok]
+    first = runs[0] if runs else None
     row: dict[str, Any] = {
+        "client": first.client if first else None,
+        "variant": first.variant if first else "",
         "runs": len(runs),
         "ok_runs": len(good),
         "errors": [run.error for run in runs if run.error],
     }
     for name in NUMERIC_FIELDS:
         row[name] = median_or_none(_number(getattr(run, name)) for run in good)
+    for name in dict.fromkeys(name for run in good for name in run.measures):
+        row[name] = median_or_none(run.measures.get(name) for run in good)
+    for name in dict.fromkeys(name for run in runs for name in run.checks):
+        row[name] = bool(good) and all(run.checks.get(name, False) for run in good)
     return row
 
 
@@ -111,13 +155,14 @@ def _number(value: Any) -> float | None:
 
 
 def medians(runs: Iterable[RunResult]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{scenario: {client: median row}}`` over every run given."""
+    """``{scenario: {row key: median row}}`` over every run given (the key: the client, or the
+    variant where the scenario has them)."""
     grouped: dict[str, dict[str, list[RunResult]]] = {}
     for run in runs:
-        grouped.setdefault(run.scenario, {}).setdefault(run.client, []).append(run)
+        grouped.setdefault(run.scenario, {}).setdefault(run.key, []).append(run)
     return {
-        scenario: {client: median_row(group) for client, group in clients.items()}
-        for scenario, clients in grouped.items()
+        scenario: {key: median_row(group) for key, group in rows.items()}
+        for scenario, rows in grouped.items()
     }
 
 
@@ -130,10 +175,10 @@ def _get(table: Medians, scenario: str, client: str, name: str) -> float | None:
 
 
 def baseline_ratio(table: Medians, scenario: str) -> float | None:
-    """connector / baseline of the scenario's headline figure (``consumer`` is compared with the
-    lock-step baseline: the docs' loop has no consumer mode)."""
+    """connector / baseline of the scenario's headline figure (the consumer-ack scenarios are
+    compared with the lock-step baseline: the docs' loop has no consumer mode)."""
     name, _ = PRIMARY.get(scenario, ("events_per_s", True))
-    base_scenario = "backtest" if scenario == "consumer" else scenario
+    base_scenario = "backtest" if scenario in CONSUMER_SCENARIOS else scenario
     return ratio(
         _get(table, scenario, "connector", name), _get(table, base_scenario, "baseline", name)
     )
@@ -184,33 +229,39 @@ def evaluate_targets(
     The peak-RSS target is only judged on a run of at least 1,000,000 events, the soak target
     only on a soak of at least 10 minutes: smaller runs are shown but get no verdict.
     """
-    live_rate = _get(table, "live", "connector", "events_per_s")
-    immediate = _get(table, "backtest", "connector", "steps_per_s")
-    consumer = _get(table, "consumer", "connector", "steps_per_s")
-    targets = [
+    return [
+        *_throughput_targets(table),
+        *_consumer_targets(table),
+        _rss_target(_get(table, "million", "connector", "peak_rss_mb"), million_events),
+        _soak_target(soak),
+    ]
+
+
+def _throughput_targets(table: Medians) -> list[Target]:
+    return [
         _check(
             "live_rate",
             "live end to end (first frame sent -> last entry stored)",
             ">= 50,000 events/s",
-            live_rate,
+            _get(table, "live", "connector", "events_per_s"),
             lambda v: f"{v:,.0f} events/s",
             lambda v: v >= 50_000,
         ),
-        _check(
+        _at_least(
             "live_vs_baseline",
             "live events/s vs the docs loop",
-            ">= 10x baseline",
+            "baseline",
+            10,
             baseline_ratio(table, "live"),
-            lambda v: f"{v:.1f}x",
-            lambda v: v >= 10,
+            digits=1,
         ),
-        _check(
+        _at_least(
             "backtest_vs_baseline",
             "backtest lock-step steps/s vs the docs loop",
-            ">= 2x baseline",
+            "baseline",
+            2,
             baseline_ratio(table, "backtest"),
-            lambda v: f"{v:.1f}x",
-            lambda v: v >= 2,
+            digits=1,
         ),
         _check(
             "latency_p99",
@@ -220,43 +271,97 @@ def evaluate_targets(
             lambda v: f"{v:.2f} ms",
             lambda v: v <= 2.0,
         ),
-        _check(
-            "consumer_vs_immediate",
-            "consumer-ack step rate vs immediate",
-            ">= 0.5x immediate",
-            ratio(consumer, immediate),
-            lambda v: f"{v:.2f}x",
-            lambda v: v >= 0.5,
-        ),
-        _rss_target(_get(table, "million", "connector", "peak_rss_mb"), million_events),
     ]
+
+
+def _consumer_targets(table: Medians) -> list[Target]:
+    """Consumer-ack against immediate acks, the plain-XACK consumer (found by the connector's
+    checks of group state) against the notifying toolkit, and what the checks cost Redis."""
+
+    def steps(scenario: str) -> float | None:
+        return _get(table, scenario, "connector", "steps_per_s")
+
+    def redis(scenario: str, per: str) -> float | None:
+        return _get(table, scenario, "connector", f"redis_us_per_{per}")
+
+    return [
+        _at_least(
+            "consumer_vs_immediate",
+            "consumer-ack (toolkit) steps/s vs immediate acks",
+            "immediate",
+            0.8,
+            ratio(steps("consumer"), steps("backtest")),
+        ),
+        _at_least(
+            "plain_vs_toolkit",
+            "consumer-ack (plain XACK) steps/s vs the toolkit",
+            "toolkit",
+            0.5,
+            ratio(steps("consumer-plain"), steps("consumer")),
+        ),
+        _at_most(
+            "idle_streams_redis",
+            "Redis CPU per step with idle streams vs without (plain XACK)",
+            "without",
+            1.25,
+            ratio(redis("consumer-idle", "step"), redis("consumer-plain", "step")),
+        ),
+        _at_most(
+            "wide_redis_per_entry",
+            "Redis CPU per entry, wide run vs 4 symbols (plain XACK)",
+            "4 symbols",
+            1.0,
+            ratio(redis("consumer-wide-plain", "entry"), redis("consumer-plain", "entry")),
+        ),
+    ]
+
+
+def _at_least(
+    name: str, description: str, of: str, factor: float, measured: float | None, digits: int = 2
+) -> Target:
+    return _check(
+        name,
+        description,
+        f">= {factor:g}x {of}",
+        measured,
+        lambda v: f"{v:.{digits}f}x",
+        lambda v: v >= factor,
+    )
+
+
+def _at_most(name: str, description: str, of: str, factor: float, measured: float | None) -> Target:
+    return _check(
+        name,
+        description,
+        f"<= {factor:g}x {of}",
+        measured,
+        lambda v: f"{v:.2f}x",
+        lambda v: v <= factor,
+    )
+
+
+def _soak_target(soak: dict[str, Any] | None) -> Target:
     flat = None if soak is None else soak.get("flatness")
-    if soak is not None and isinstance(flat, dict):
-        growth = float(flat["growth_mb"])
-        long_enough = float(soak["seconds"]) >= 600
-        targets.append(
-            Target(
-                "soak_flat",
-                f"memory flat over a {soak['seconds']:g} s soak at {soak['rate']:g} events/s",
-                "flat over >= 10 min (last vs first minute)",
-                growth,
-                f"{growth:+.1f} MB, {float(flat['slope_after_warmup_mb_per_min']):+.2f} MB/min"
-                + ("" if long_enough else " (soak too short to judge)"),
-                bool(flat["flat"]) if long_enough else None,
-            )
+    if soak is None or not isinstance(flat, dict):
+        return Target(
+            "soak_flat",
+            "memory flat over a 10-minute soak",
+            "flat (last vs first window)",
+            None,
+            "not run (--soak 600)",
+            None,
         )
-    else:
-        targets.append(
-            Target(
-                "soak_flat",
-                "memory flat over a 10-minute soak",
-                "flat (last vs first window)",
-                None,
-                "not run (--soak 600)",
-                None,
-            )
-        )
-    return targets
+    growth = float(flat["growth_mb"])
+    long_enough = float(soak["seconds"]) >= 600
+    return Target(
+        "soak_flat",
+        f"memory flat over a {soak['seconds']:g} s soak at {soak['rate']:g} events/s",
+        "flat over >= 10 min (last vs first minute)",
+        growth,
+        f"{growth:+.1f} MB, {float(flat['slope_after_warmup_mb_per_min']):+.2f} MB/min"
+        + ("" if long_enough else " (soak too short to judge)"),
+        bool(flat["flat"]) if long_enough else None,
+    )
 
 
 def _rss_target(peak_mb: float | None, events: int) -> Target:

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from connector.localredis import free_port
 from connector_bench.clients import ClientProcess, connector_keys, start_connector
 from connector_bench.cluster import LocalCluster, start_cluster
+from connector_bench.feeds import live_args
 from connector_bench.procfs import busy_cores, kb_to_mb, read_machine_cpu
-from connector_bench.procs import BenchError, Managed, Processes, start_redis
-from connector_bench.profile import Profiler
+from connector_bench.procs import Managed, start_redis
 from connector_bench.progress import GroupedProgress, StreamProgress, wait_stored
-from connector_bench.scaling import ConnectorFigures, ScaleRun
-from connector_bench.scenarios import Log, Plan, Window
+from connector_bench.results import RunResult
+from connector_bench.scaling import ConnectorFigures, fill_result, variant_of
+from connector_bench.scenarios import Plan, Run, Window
 from connector_bench.simproc import (
     counts,
     fetch_report,
@@ -57,234 +57,191 @@ def prefix_of(index: int) -> str:
     return f"scale{index + 1}"
 
 
-class ScaleRunner:
-    """Runs the scale scenario; each call of :meth:`run` is one complete, self-cleaning run."""
+@dataclass(frozen=True, slots=True)
+class ScaleScenario:
+    """N connectors at once against one Redis topology (one row of the scale table)."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        scale: ScalePlan,
-        workdir: Path,
-        log: Log,
-        cores: int,
-        profile_dir: Path | None = None,
-    ) -> None:
-        self.plan = plan
-        self.scale = scale
-        self.workdir = workdir
-        self.log = log
-        self.cores = cores
-        self.profile_dir = profile_dir
-        self._runs = 0
+    topology: str
+    connectors: int
+    scale: ScalePlan
+    cores: int
+    name: str = "scale"
 
-    def settings(self, repeat: int) -> dict[str, Any]:
-        return {
-            "connectors": list(self.scale.connectors),
-            "topologies": list(self.scale.topologies),
-            "cluster": {"masters": self.scale.masters, "replicas": self.scale.replicas},
-            "shared_symbols": self.scale.shared_symbols,
-            "events_per_connector": self.plan.live_events,
-            "symbols_per_connector": len(self.plan.symbols),
-            "repeat": repeat,
-            "connector_env": dict(self.plan.connector_env),
-        }
+    @property
+    def variant(self) -> str:
+        return variant_of(self.topology, self.connectors)
 
-    def run(self, topology: str, count: int, index: int, *, profile: bool = False) -> ScaleRun:
-        """One run; with ``profile`` (and a profile directory) py-spy records the first
-        connector over the window (an extra run, not part of the medians)."""
-        result = ScaleRun(topology, count, index)
-        self._runs += 1
-        tag = f"scale-{self._runs:03d}-{topology}-{count}-{index}" + ("-profile" if profile else "")
-        rundir = self.workdir / tag
-        rundir.mkdir(parents=True, exist_ok=True)
-        profiler = Profiler(self.profile_dir, tag) if profile and self.profile_dir else None
-        started = time.monotonic()
+    def expected(self, plan: Plan) -> int:
+        return plan.live_events * self.connectors
+
+    def measure(self, run: Run) -> None:
+        """With a profiler, py-spy records the first connector over the window."""
+        cluster = self.topology == "cluster"
+        nodes, redis_url = self._redis(run, cluster)
+        clients, ports = self._connectors(run, redis_url, cluster)
+        procs: dict[str, Managed] = {f"connector-{i}": c.process for i, c in enumerate(clients)}
+        procs.update({f"redis-{i}": node for i, node in enumerate(nodes)})
+        window = Window()
+        window.open(procs)
+        run.profile(clients[0].process)
+        sims = self._simulators(run, ports)
+        machine_start = read_machine_cpu()
+        window.open(sims)
+        procs.update(sims)
+        groups = self._groups(run.plan)
+        progress = StreamProgress(redis_url, [], cluster=cluster)
         try:
-            with Processes(rundir) as processes:
-                self._run(processes, result, profiler)
-        except BenchError as exc:
-            result.error = str(exc)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # report, keep going with the other runs
-            result.error = f"{type(exc).__name__}: {exc}"
-        result.extra["wall_s"] = round(time.monotonic() - started, 3)
-        result.extra["workdir"] = str(rundir)
-        if profiler is not None:
-            result.extra["profile"] = profiler.summary()
-        self.log(_one_line(result))
-        return result
+            grouped = GroupedProgress(progress, groups)
+            self._wait(run, grouped, clients)
+            busy = busy_cores(machine_start, read_machine_cpu(), self.cores)
+            window.close(procs)
+            run.stop_profile()
+            grouped.read()  # once more: anything stored twice would show now
+            self._memory(run.result, progress, next(iter(groups.values())))
+        finally:
+            progress.close()
+        self._figures(run.result, ports, grouped, window)
+        if busy is not None:
+            run.result.measures["busy_cores"] = busy
 
-    def _run(self, processes: Processes, result: ScaleRun, profiler: Profiler | None) -> None:
-        plan, cluster = self.plan, result.topology == "cluster"
-        redis_nodes, redis_url = self._redis(processes, cluster, result)
+    def _redis(self, run: Run, cluster: bool) -> tuple[list[Managed], str]:
+        if not cluster:
+            node, url = start_redis(run.processes)
+            return [node], url
+        began = time.monotonic()
+        local: LocalCluster = start_cluster(run.processes, self.scale.masters, self.scale.replicas)
+        run.result.extra["cluster_start_s"] = round(time.monotonic() - began, 3)
+        return local.nodes, local.url
+
+    def _connectors(
+        self, run: Run, redis_url: str, cluster: bool
+    ) -> tuple[list[ClientProcess], list[int]]:
+        """Each connector with its own prefix, dialling its own simulator's port (chosen now)."""
         clients: list[ClientProcess] = []
         ports: list[int] = []
-        groups: dict[str, list[str]] = {}
-        for i in range(result.connectors):
+        for i in range(self.connectors):
             port = free_port()
-            prefix = prefix_of(i)
             env = {
-                **dict(plan.connector_env),
-                "CONNECTOR_STREAM_PREFIX": prefix,
+                **dict(run.plan.connector_env),
+                "CONNECTOR_STREAM_PREFIX": prefix_of(i),
                 "CONNECTOR_REDIS_CLUSTER": "true" if cluster else "false",
             }
             api = f"ws://127.0.0.1:{port}/v1/ws"
-            clients.append(
-                start_connector(
-                    processes,
-                    api,
-                    redis_url,
-                    "live",
-                    env,
-                    plan.connector_argv,
-                    f"connector-{i + 1}",
-                )
-            )
+            argv = run.plan.connector_argv
+            name = f"connector-{i + 1}"
+            clients.append(start_connector(run.processes, api, redis_url, "live", env, argv, name))
             ports.append(port)
-            symbols = connector_symbols(plan.symbols, i, self.scale.shared_symbols)
-            groups[prefix] = connector_keys(symbols, prefix)
-        watched: dict[str, Managed] = {f"connector-{i}": c.process for i, c in enumerate(clients)}
-        watched.update({f"redis-{i}": node for i, node in enumerate(redis_nodes)})
-        window = Window()
-        window.open(watched)
-        if profiler is not None:
-            profiler.start(processes, clients[0].process)
-        sims = [
-            launch_simulator(processes, port, self._sim_args(i), f"simulator-{i + 1}")
-            for i, port in enumerate(ports)
-        ]
-        for sim in sims:
-            wait_listening(sim)
-        machine_start = read_machine_cpu()
-        sim_names = {f"simulator-{i}": sim for i, sim in enumerate(sims)}
-        window.open(sim_names)
-        watched.update(sim_names)
-        progress = StreamProgress(redis_url, [], cluster=cluster)
-        grouped = GroupedProgress(progress, groups)
-        try:
-            outcome = wait_stored(
-                grouped,
-                plan.live_events * result.connectors,
-                first_timeout=plan.first_timeout,
-                stall_timeout=plan.stall_timeout,
-                interval=0.1,
-                alive=lambda: not any(c.process.exited() for c in clients),
+        return clients, ports
+
+    def _simulators(self, run: Run, ports: list[int]) -> dict[str, Managed]:
+        """Started side by side, then waited for: their feeds start within a moment."""
+        sims = {
+            f"simulator-{i}": launch_simulator(
+                run.processes, port, self._sim_args(run.plan, i), f"simulator-{i + 1}"
             )
-            machine_end = read_machine_cpu()
-            window.close(watched)
-            if profiler is not None:
-                profiler.stop()
-            if not outcome.complete:
-                result.notes.append(f"incomplete: {outcome.reason}")
-            grouped.read()  # once more: anything stored twice would show now
-            result.extra["bytes_per_entry"] = _bytes_per_entry(progress, groups, grouped)
-        finally:
-            progress.close()
-        result.busy_cores = busy_cores(machine_start, machine_end, self.cores)
-        self._figures(result, ports, groups, grouped, window)
+            for i, port in enumerate(ports)
+        }
+        for sim in sims.values():
+            wait_listening(sim)
+        return sims
 
-    def _redis(
-        self, processes: Processes, cluster: bool, result: ScaleRun
-    ) -> tuple[list[Managed], str]:
-        if not cluster:
-            node, url = start_redis(processes)
-            return [node], url
-        began = time.monotonic()
-        local: LocalCluster = start_cluster(processes, self.scale.masters, self.scale.replicas)
-        result.extra["cluster_start_s"] = round(time.monotonic() - began, 3)
-        return local.nodes, local.url
+    def _sim_args(self, plan: Plan, index: int) -> list[str]:
+        symbols = connector_symbols(plan.symbols, index, self.scale.shared_symbols)
+        return [*live_args(plan, plan.live_events, symbols), "--seed", str(index + 1)]
 
-    def _sim_args(self, index: int) -> list[str]:
-        symbols = connector_symbols(self.plan.symbols, index, self.scale.shared_symbols)
-        return [
-            "--mode",
-            "live",
-            "--burst",
-            "--backpressure",
-            "--count",
-            str(self.plan.live_events),
-            "--symbols",
-            ",".join(symbols),
-            "--seed",
-            str(index + 1),
-            "--shutdown-grace",
-            "0.1",
-            "--linger",
-            "3600",
-        ]
+    def _groups(self, plan: Plan) -> dict[str, list[str]]:
+        """Each prefix's market streams."""
+        return {
+            prefix_of(i): connector_keys(
+                connector_symbols(plan.symbols, i, self.scale.shared_symbols), prefix_of(i)
+            )
+            for i in range(self.connectors)
+        }
+
+    def _wait(self, run: Run, grouped: GroupedProgress, clients: list[ClientProcess]) -> None:
+        """Until every prefix has all its events (or progress stalls, or a connector dies)."""
+        outcome = wait_stored(
+            grouped,
+            run.result.expected_events,
+            first_timeout=run.plan.first_timeout,
+            stall_timeout=run.plan.stall_timeout,
+            interval=0.1,
+            alive=lambda: not any(c.process.exited() for c in clients),
+        )
+        if not outcome.complete:
+            run.result.notes.append(f"incomplete: {outcome.reason}")
+
+    @staticmethod
+    def _memory(result: RunResult, progress: StreamProgress, keys: list[str]) -> None:
+        """``MEMORY USAGE`` of the first connector's market streams / the entries they hold."""
+        sizes = [progress.memory_usage(key) for key in keys]
+        lengths = [_length(info) for info in progress.infos(keys)]
+        if keys and None not in sizes and sum(lengths) > 0:
+            result.measures["bytes_per_entry"] = sum(s for s in sizes if s) / sum(lengths)
 
     def _figures(
-        self,
-        result: ScaleRun,
-        ports: list[int],
-        groups: dict[str, list[str]],
-        grouped: GroupedProgress,
-        window: Window,
+        self, result: RunResult, ports: list[int], grouped: GroupedProgress, window: Window
     ) -> None:
-        for i, (port, prefix) in enumerate(zip(ports, groups, strict=True)):
-            report = fetch_report(port, details=True)
-            stored = grouped.groups.get(prefix)
-            end = window.end.get(f"connector-{i}")
-            figures = ConnectorFigures(
-                prefix=prefix,
-                expected=self.plan.live_events,
-                sent=counts(report).get("market_frames", 0),
-                stored=0 if stored is None else stored.added,
-                start_wall=first_connection_wall(report),
-                end_wall=None if stored is None else stored.last_wall,
-                cpu_s=window.cpu(f"connector-{i}"),
-                peak_rss_mb=None if end is None else kb_to_mb(end.hwm_kb),
+        parts = [self._connector(result, i, port, grouped, window) for i, port in enumerate(ports)]
+        fill_result(result, parts, window.total_cpu("redis-"))
+        simulators = window.total_cpu("simulator-")
+        if simulators is not None:
+            result.extra["simulator_cpu_s"] = round(simulators, 3)
+        spread = result.measures["start_spread_s"]
+        if spread > 1.0:
+            result.notes.append(f"feeds started {spread:.2f} s apart")
+
+    def _connector(
+        self, result: RunResult, index: int, port: int, grouped: GroupedProgress, window: Window
+    ) -> ConnectorFigures:
+        """Connector ``index``'s figures, from its simulator's report and its prefix's streams."""
+        prefix = prefix_of(index)
+        report = fetch_report(port, details=True)
+        stored = grouped.groups.get(prefix)
+        end = window.end.get(f"connector-{index}")
+        figures = ConnectorFigures(
+            prefix=prefix,
+            expected=result.expected_events // self.connectors,
+            sent=counts(report).get("market_frames", 0),
+            stored=0 if stored is None else stored.added,
+            start_wall=first_connection_wall(report),
+            end_wall=None if stored is None else stored.last_wall,
+            cpu_s=window.cpu(f"connector-{index}"),
+            peak_rss_mb=None if end is None else kb_to_mb(end.hwm_kb),
+        )
+        if not figures.stored_once:
+            result.notes.append(
+                f"{prefix}: {figures.stored:,} stored of {figures.expected:,} "
+                f"({figures.sent:,} sent)"
             )
-            result.per_connector.append(figures)
-            if not figures.stored_once:
-                result.notes.append(
-                    f"{prefix}: {figures.stored:,} stored of {figures.expected:,} "
-                    f"({figures.sent:,} sent)"
-                )
-            dropped = counts(report).get("dropped", 0)
-            if dropped:
-                result.notes.append(f"{prefix}: the simulator dropped {dropped} frames")
-        redis_cpu = [window.cpu(name) for name in window.start if name.startswith("redis-")]
-        result.redis_cpu_s = sum(c for c in redis_cpu if c is not None) if redis_cpu else None
-        sim_cpu = [window.cpu(name) for name in window.start if name.startswith("simulator-")]
-        result.simulator_cpu_s = sum(c for c in sim_cpu if c is not None) if sim_cpu else None
-        if result.start_spread_s > 1.0:
-            result.notes.append(f"feeds started {result.start_spread_s:.2f} s apart")
-
-
-def _bytes_per_entry(
-    progress: StreamProgress, groups: dict[str, list[str]], grouped: GroupedProgress
-) -> float | None:
-    """``MEMORY USAGE`` of the first connector's market streams / the entries they hold."""
-    prefix = next(iter(groups), None)
-    if prefix is None:
-        return None
-    keys = groups[prefix]
-    sizes = [progress.memory_usage(key) for key in keys]
-    lengths = [_length(info) for info in progress.infos(keys)]
-    if any(size is None for size in sizes) or sum(lengths) <= 0:
-        return None
-    return sum(size for size in sizes if size is not None) / sum(lengths)
+        dropped = counts(report).get("dropped", 0)
+        if dropped:
+            result.notes.append(f"{prefix}: the simulator dropped {dropped} frames")
+        return figures
 
 
 def _length(info: Any) -> int:
     return int(info.get("length") or 0) if isinstance(info, dict) else 0
 
 
-def _one_line(result: ScaleRun) -> str:
-    head = f"scale/{result.topology}/{result.connectors} #{result.index + 1}"
-    if result.error:
-        return f"{head}: FAILED: {result.error.splitlines()[0]}"
-    f = result.figures()
-    parts = [
-        f"{result.events:,} of {result.expected:,} events in {result.window_s:.2f} s",
-        f"aggregate {f['aggregate_events_per_s']:,.0f} events/s",
-        f"per connector {f['per_connector_events_per_s'] or 0:,.0f}",
+def scale_settings(plan: Plan, scale: ScalePlan, repeat: int) -> dict[str, Any]:
+    """The scale scenario's shape, for the report's heading and the JSON document."""
+    return {
+        "connectors": list(scale.connectors),
+        "topologies": list(scale.topologies),
+        "cluster": {"masters": scale.masters, "replicas": scale.replicas},
+        "shared_symbols": scale.shared_symbols,
+        "events_per_connector": plan.live_events,
+        "symbols_per_connector": len(plan.symbols),
+        "repeat": repeat,
+        "connector_env": dict(plan.connector_env),
+    }
+
+
+def scale_scenarios(scale: ScalePlan, cores: int) -> list[ScaleScenario]:
+    """One scenario per (topology, connector count), in the order they run."""
+    return [
+        ScaleScenario(topology, count, scale, cores)
+        for topology in scale.topologies
+        for count in scale.connectors
     ]
-    if f["connector_cpu_per_1k"] is not None:
-        parts.append(f"CPU {f['connector_cpu_per_1k']:.3f} s/1k")
-    if f["busy_cores"] is not None:
-        parts.append(f"busy cores {f['busy_cores']:.2f}")
-    notes = f" [{'; '.join(result.notes)}]" if result.notes else ""
-    return f"{head}: {', '.join(parts)}{notes}"

@@ -111,6 +111,17 @@ def step_stats(report: dict[str, Any]) -> StepStats:
     )
 
 
+def step_frames(report: dict[str, Any]) -> int:
+    """``event_ack`` frames received that name an id of a completed step (the frame that
+    acknowledges ``backtest_complete`` is not one): one per step when a client acknowledges each
+    step in a single frame, more when it acknowledges a step piecemeal."""
+    steps = [s for s in report.get("steps") or [] if s.get("completed_at") is not None]
+    ids = {str(event_id) for step in steps for event_id in step.get("ids") or []}
+    return sum(
+        1 for ack in report.get("acks") or [] if any(str(i) in ids for i in ack.get("ids") or [])
+    )
+
+
 def event_ack_latencies(
     report: dict[str, Any], types: frozenset[str] | None = None
 ) -> tuple[list[float], int]:

@@ -32,9 +32,15 @@ EXPECTED_CLIENTS = {
     "live": {"connector", "baseline", "raw"},
     "backtest": {"connector", "baseline", "raw"},
     "consumer": {"connector"},
+    "consumer-plain": {"connector"},
+    "consumer-wide": {"connector"},
+    "consumer-wide-plain": {"connector"},
+    "consumer-idle": {"connector"},
     "latency": {"connector", "baseline", "raw"},
     "million": {"connector"},
 }
+BACKTESTS = ("backtest", "consumer", "consumer-plain", "consumer-wide", "consumer-wide-plain")
+BACKTESTS += ("consumer-idle",)
 
 
 def bench_env(marker: str) -> dict[str, str]:
@@ -83,7 +89,7 @@ def stop_leftovers(marker: str, workdir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(200)
 def test_quick_bench_reports_every_scenario(tmp_path: Path) -> None:
     marker = uuid.uuid4().hex
     out = tmp_path / "bench.json"
@@ -117,7 +123,7 @@ def run_quick(marker: str, out: Path, workdir: Path) -> subprocess.CompletedProc
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=140,
+        timeout=190,
         check=False,
     )
 
@@ -143,12 +149,12 @@ def check_output(stdout: str, out: Path) -> None:
         assert run["cpu_s"] > 0, label
         assert run["cpu_per_1k_events"] > 0, label
         assert run["peak_rss_mb"] > 5, label
-        if run["scenario"] in ("backtest", "consumer"):
-            assert run["steps"] > 0, label
-            assert run["steps_per_s"] > 0, label
-        if run["scenario"] in ("backtest", "consumer", "latency"):
+        if run["scenario"] in BACKTESTS:
+            check_backtest(run, label)
+        if run["scenario"] in (*BACKTESTS, "latency"):
             assert run["acked"] == run["events"], label
             assert 0 <= run["ack_p50_ms"] <= run["ack_p99_ms"] <= run["ack_max_ms"], label
+    check_consumer_figures(stdout, doc)
     medians = doc["medians"]
     assert set(medians) == set(EXPECTED_CLIENTS)
     for scenario, clients in EXPECTED_CLIENTS.items():
@@ -159,6 +165,33 @@ def check_output(stdout: str, out: Path) -> None:
     verdicts = {target["name"]: target["verdict"] for target in doc["targets"]}
     assert set(verdicts.values()) <= {"PASS", "MISS", "n/a"}
     assert verdicts["peak_rss_million"] == "n/a"  # a quick run is far from a million events
+
+
+def check_backtest(run: dict[str, Any], label: str) -> None:
+    assert run["steps"] > 0, label
+    assert run["steps_per_s"] > 0, label
+    if run["client"] == "raw":
+        return  # no Redis
+    assert run["redis_cpu_s"] is not None, label
+    assert run["measures"]["redis_us_per_step"] >= 0, label
+    if run["client"] == "connector":
+        # The connector acknowledges a step's candles together, in one frame or a few.
+        assert 1.0 <= run["measures"]["ack_frames_per_step"] <= 4.0, label
+
+
+def check_consumer_figures(stdout: str, doc: dict[str, Any]) -> None:
+    """The step-cost table and the consumer targets are there, from the runs' own figures."""
+    assert "Redis CPU us/step" in stdout
+    assert "plain XACK (checked) + 100 idle streams" in stdout
+    settings = doc["settings"]
+    wide = next(run for run in doc["runs"] if run["scenario"] == "consumer-wide-plain")
+    assert wide["measures"]["symbols"] == settings["wide_symbols"]
+    assert wide["events"] == settings["wide_symbols"] * settings["wide_steps"]
+    idle = next(run for run in doc["runs"] if run["scenario"] == "consumer-idle")
+    assert idle["measures"]["idle_streams"] == settings["idle_streams"]
+    names = {target["name"] for target in doc["targets"] if target["verdict"] != "n/a"}
+    assert {"consumer_vs_immediate", "plain_vs_toolkit", "idle_streams_redis"} <= names
+    assert "wide_redis_per_entry" in names
 
 
 @pytest.mark.timeout(90)

@@ -55,31 +55,32 @@ def test_scale_scenario_on_a_cluster_and_a_single_node(tmp_path: Path) -> None:
     assert "aggregate ev/s" in completed.stdout
 
     doc: dict[str, Any] = orjson.loads(out.read_bytes())
-    scale = doc["scale"]
-    rows = {(row["topology"], row["connectors"]): row for row in scale["rows"]}
-    assert set(rows) == {("single", 1), ("single", 2), ("cluster", 1), ("cluster", 2)}
+    rows = doc["medians"]["scale"]
+    assert set(rows) == {"single/1", "single/2", "cluster/1", "cluster/2"}
     for key, row in rows.items():
         label = f"{key}: {row}"
+        count = int(key.partition("/")[2])
         assert row["ok_runs"] == row["runs"] == 1, label
         assert row["all_stored_once"] is True, label
-        assert row["events"] == EVENTS * key[1], label
+        assert row["events"] == EVENTS * count, label
         for name in (
-            "aggregate_events_per_s",
+            "events_per_s",
             "per_connector_events_per_s",
-            "connector_cpu_per_1k",
+            "cpu_per_1k_events",
             "busy_cores",
             "peak_rss_mb",
         ):
             assert row[name] is not None, f"{name}: {label}"
             assert row[name] > 0, f"{name}: {label}"
-    for run in scale["runs"]:
+    for run in doc["runs"]:
+        assert run["scenario"] == "scale"
         assert run["error"] is None, run
-        prefixes = [c["prefix"] for c in run["per_connector"]]
-        assert len(set(prefixes)) == len(prefixes) == run["connectors"]
-        for figures in run["per_connector"]:
-            assert figures["stored"] == figures["sent"] == figures["expected"] == EVENTS
-            assert figures["events_per_s"] > 0
-            assert figures["cpu_s"] > 0
-        if run["topology"] == "cluster":
+        prefixes = [part["prefix"] for part in run["parts"]]
+        assert len(set(prefixes)) == len(prefixes) == int(run["variant"].partition("/")[2])
+        for part in run["parts"]:
+            assert part["stored"] == part["sent"] == part["expected"] == EVENTS
+            assert part["events_per_s"] > 0
+            assert part["cpu_s"] > 0
+        if run["variant"].startswith("cluster"):
             assert run["extra"]["cluster_start_s"] > 0
-    assert scale["settings"]["cluster"] == {"masters": 3, "replicas": 0}
+    assert doc["settings"]["scale"]["cluster"] == {"masters": 3, "replicas": 0}

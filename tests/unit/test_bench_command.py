@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from connector_bench import chart
+from connector_bench.backtest import BACKTEST_SCENARIOS, idle_keys
+from connector_bench.clients import connector_keys, plain_recipe
 from connector_bench.command import (
     DEFAULT,
     QUICK,
@@ -17,7 +19,8 @@ from connector_bench.command import (
     selection,
     symbol_names,
 )
-from connector_bench.results import RunResult, medians
+from connector_bench.procs import BenchError
+from connector_bench.results import SCENARIOS, RunResult, medians
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -70,6 +73,41 @@ def test_selection_of_scenarios_and_clients() -> None:
         selection(parse("--scenarios", "warp"))
     with pytest.raises(ValueError, match="unknown client"):
         selection(parse("--clients", "nope"))
+
+
+def test_consumer_scenarios_default_opt_in_and_quick() -> None:
+    default = {scenario for scenario, _ in selection(parse())}
+    assert {"backtest", "consumer", "consumer-plain"} <= default
+    assert not default & {"consumer-wide", "consumer-wide-plain", "consumer-idle", "scale"}
+    quick = {scenario for scenario, _ in selection(parse("--quick"))}
+    assert quick == set(SCENARIOS) - {"scale"}  # a smoke test of every scenario but scale
+    named = selection(parse("--scenarios", "consumer-idle,consumer-wide"))
+    assert named == [("consumer-wide", "connector"), ("consumer-idle", "connector")]
+
+
+def test_consumer_sizes() -> None:
+    plan = plan_from(parse("--wide-symbols", "50", "--wide-steps", "7", "--idle-streams", "9"))
+    assert (plan.wide_symbols, plan.wide_steps, plan.idle_streams) == (50, 7, 9)
+    assert (DEFAULT.wide_symbols, DEFAULT.idle_streams) == (500, 1000)
+    wide = BACKTEST_SCENARIOS["consumer-wide-plain"]
+    assert len(wide.symbols(plan)) == 50
+    assert wide.expected(plan) == 50 * 7
+    assert BACKTEST_SCENARIOS["consumer-idle"].expected(plan) == plan.consumer_steps * 4
+
+
+def test_plain_consumer_recipe_is_the_repositorys_file(tmp_path: Path) -> None:
+    recipe = plain_recipe()
+    assert recipe.parts[-3:] == ("docs", "recipes", "redis_py_consumer.py")
+    assert "XREADGROUP" in recipe.read_text()
+    with pytest.raises(BenchError, match=r"redis_py_consumer\.py"):
+        plain_recipe(tmp_path)
+
+
+def test_idle_streams_are_candle_streams_no_step_writes() -> None:
+    keys = idle_keys(3)
+    assert keys[0] == "md:{IDLE0001}:candle:1m"
+    assert len(set(keys)) == 3
+    assert not set(keys) & set(connector_keys(BACKTEST_SCENARIOS["consumer-idle"].symbols(DEFAULT)))
 
 
 def test_bad_options_exit_2_without_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:

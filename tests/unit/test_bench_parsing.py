@@ -29,6 +29,7 @@ from connector_bench.simproc import (
     event_ack_latencies,
     first_connection_wall,
     sent_span,
+    step_frames,
     step_stats,
 )
 
@@ -183,6 +184,23 @@ def test_simulator_report_parsing() -> None:
     sent, span = sent_span(REPORT, frozenset({"candle", "quote"}))
     assert sent == 4
     assert span == pytest.approx(0.003)
+
+
+def test_ack_frames_per_step_count_frames_naming_step_ids() -> None:
+    steps = [
+        {"ids": ["a", "b"], "emitted_at": 1.0, "completed_at": 1.1},
+        {"ids": ["c", "d"], "emitted_at": 2.0, "completed_at": 2.1},
+        {"ids": ["e"], "emitted_at": 3.0},  # never completed: its frames do not count
+    ]
+    acks = [
+        {"time": 1.05, "ids": ["a", "b"]},  # step 1 in one frame
+        {"time": 2.05, "ids": ["c"]},  # step 2 piecemeal: a gateway relaying each event alone
+        {"time": 2.06, "ids": ["d"]},
+        {"time": 3.05, "ids": ["e"]},
+        {"time": 4.0, "ids": ["complete-1"]},  # backtest_complete's ack
+    ]
+    assert step_frames({"steps": steps, "acks": acks}) == 3
+    assert step_frames({}) == 0
 
 
 def test_raw_client_acks_pass_the_simulators_strict_parser() -> None:

@@ -8,14 +8,16 @@ import orjson
 import pytest
 
 from connector_bench.report import (
+    MAIN_COLUMNS,
     document,
     format_table,
     latency_cell,
-    median_rows,
+    main_lines,
     number,
     profile_block,
     render,
     soak_line,
+    steps_section,
 )
 from connector_bench.results import (
     Medians,
@@ -91,9 +93,73 @@ def test_targets_pass_miss_and_not_measured() -> None:
         "backtest_vs_baseline": "PASS",
         "latency_p99": "PASS",
         "consumer_vs_immediate": "MISS",  # 240 / 600 = 0.4
+        "plain_vs_toolkit": "n/a",  # no plain-XACK run
+        "idle_streams_redis": "n/a",
+        "wide_redis_per_entry": "n/a",
         "peak_rss_million": "PASS",
         "soak_flat": "n/a",
     }
+
+
+def consumer_runs(
+    immediate: float, toolkit: float, plain: float, idle_us: float, wide_us: float
+) -> list[RunResult]:
+    """Connector backtests: steps/s, and Redis CPU (plain: 100 us/step over 4-entry steps)."""
+    runs = [
+        run("backtest", "connector", events=400, steps=100, steps_per_s=immediate),
+        run("consumer", "connector", events=400, steps=100, steps_per_s=toolkit),
+        run("consumer-plain", "connector", events=400, steps=100, steps_per_s=plain),
+        run("consumer-idle", "connector", events=400, steps=100, steps_per_s=plain),
+        run("consumer-wide-plain", "connector", events=5000, steps=10, steps_per_s=5.0),
+    ]
+    cpus = (0.005, 0.01, 0.01, idle_us * 100e-6, wide_us * 5000e-6)
+    for result, cpu_s in zip(runs, cpus, strict=True):
+        result.set_redis_cpu(cpu_s)
+    return runs
+
+
+def test_redis_cpu_per_step_and_per_entry() -> None:
+    result = run("consumer-plain", "connector", events=400, steps=100)
+    result.set_redis_cpu(0.02)
+    assert result.measures["redis_us_per_step"] == pytest.approx(200.0)
+    assert result.measures["redis_us_per_entry"] == pytest.approx(50.0)
+    live = run("live", "connector", events=0)
+    live.set_redis_cpu(0.5)
+    assert live.redis_cpu_s == 0.5
+    assert live.measures == {}  # no steps, no entries: no per-step figure
+
+
+@pytest.mark.parametrize(
+    ("figures", "expected"),
+    [
+        # toolkit 800 = 0.8x immediate; plain 400 = 0.5x toolkit; idle 120 vs 100 us/step;
+        # wide 20 us/entry vs the 4-symbol run's 25: every target met, at its edge.
+        ((1000.0, 800.0, 400.0, 120.0, 20.0), ("PASS", "PASS", "PASS", "PASS")),
+        ((1000.0, 790.0, 390.0, 130.0, 30.0), ("MISS", "MISS", "MISS", "MISS")),
+    ],
+)
+def test_consumer_ack_targets(
+    figures: tuple[float, float, float, float, float], expected: tuple[str, ...]
+) -> None:
+    targets = {t.name: t for t in evaluate_targets(medians(consumer_runs(*figures)))}
+    names = ("consumer_vs_immediate", "plain_vs_toolkit", "idle_streams_redis")
+    names += ("wide_redis_per_entry",)
+    assert tuple(targets[name].verdict for name in names) == expected
+    assert targets["consumer_vs_immediate"].goal == ">= 0.8x immediate"
+    assert targets["plain_vs_toolkit"].goal == ">= 0.5x toolkit"
+
+
+def test_step_cost_table() -> None:
+    runs = consumer_runs(1000.0, 800.0, 400.0, 100.0, 20.0)
+    runs[3].measures["idle_streams"] = 1000
+    runs[0].measures["ack_frames_per_step"] = 1.0
+    runs[2].measures["ack_frames_per_step"] = 2.5
+    text = steps_section(medians(runs))
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("consumer")}
+    assert "plain XACK (checked) + 1,000 idle streams" in rows["consumer-idle"]
+    assert rows["consumer"].split()[-4:] == ["0.80x", "100", "25.0", "-"]
+    assert rows["consumer-plain"].split()[-4:] == ["0.40x", "100", "25.0", "2.50"]
+    assert steps_section(medians(runs[:1])) == ""  # immediate acks alone: nothing to compare
 
 
 def test_small_runs_are_shown_but_not_judged() -> None:
@@ -137,6 +203,11 @@ def test_number_and_latency_cells() -> None:
     assert latency_cell({}) == "-"
 
 
+def median_rows(table: Medians) -> list[list[str]]:
+    """The main table's cells."""
+    return [[column.cell(line) for column in MAIN_COLUMNS] for line in main_lines(table)]
+
+
 def test_median_rows_follow_scenario_and_client_order() -> None:
     rows = median_rows(medians(sample_runs()))
     assert [(r[0], r[1]) for r in rows] == [
@@ -144,7 +215,7 @@ def test_median_rows_follow_scenario_and_client_order() -> None:
         ("live burst", "baseline (docs loop)"),
         ("backtest lock-step", "connector"),
         ("backtest lock-step", "baseline (docs loop)"),
-        ("backtest consumer-ack", "connector"),
+        ("consumer-ack, toolkit", "connector"),
         ("ack latency @ fixed rate", "connector"),
         ("1M events (peak RSS)", "connector"),
     ]
@@ -198,7 +269,7 @@ def test_document_is_json_serialisable_and_complete() -> None:
     targets = evaluate_targets(table)
     doc = document(machine(), {"repeat": 1}, table, targets, runs, None, [])
     decoded = orjson.loads(orjson.dumps(doc))
-    assert decoded["format_version"] == 1
+    assert decoded["format_version"] == 2
     assert len(decoded["runs"]) == len(runs)
     assert decoded["medians"]["live"]["connector"]["events_per_s"] == 20000.0
     assert decoded["ratios_vs_baseline"]["live"] == pytest.approx(10.0)
