@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.nodeid.startswith("tests/image/"):
+    """The test bodies' time per module (the builds are fixtures: timed on their own)."""
+    if report.nodeid.startswith("tests/image/") and report.when == "call":
         module = report.nodeid.split("::")[0].rsplit("/", 1)[-1]
         _durations[module] = _durations.get(module, 0.0) + report.duration
 
@@ -55,18 +56,16 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not LINES and not _durations:
         return
+    for module, seconds in _durations.items():
+        part(f"tests: {module}", seconds)
     terminalreporter.write_sep("=", "image tier: figures")
     for line in LINES:
         terminalreporter.write_line(line)
-    for module, seconds in _durations.items():
-        terminalreporter.write_line(
-            f"{module} (its tests and the builds they needed): {seconds:.1f} s"
-        )
     # CI (.ci/run) lists every part's time at its end: the image tier's own parts go there too.
     if timings := os.environ.get("TIMINGS_FILE"):
         with open(timings, "a", encoding="utf-8") as out:
             for label, seconds in PARTS:
-                out.write(f"  {label:<26} {seconds:8.1f} s\n")
+                out.write(f"{'  ' + label:<28} {seconds:8.1f} s\n")
 
 
 def _skip(reason: str) -> None:
@@ -82,7 +81,7 @@ def engine() -> Iterator[DockerEngine]:
     try:
         started = time.monotonic()
         if install():
-            part("install: docker.io etc. (apt)", time.monotonic() - started)
+            part("install (apt-get)", time.monotonic() - started)
         else:
             figure("install", "docker.io, iptables, debootstrap already present")
     except EngineUnavailable as exc:
@@ -102,7 +101,9 @@ def engine() -> Iterator[DockerEngine]:
 
 
 def _close_and_compare(engine: DockerEngine, before: HostState) -> None:
-    with timed("cleanup: daemon, mounts, netns"):
+    with timed("cleanup: daemon stop"):
+        engine.stop()
+    with timed("cleanup: netns, files"):
         engine.close()
     problems = before.differences(HostState.take(), engine.root)
     if engine.root.exists():
@@ -119,7 +120,7 @@ def _close_and_compare(engine: DockerEngine, before: HostState) -> None:
 def host_engine(engine: DockerEngine) -> DockerEngine:
     """The engine in host mode: --network host containers share the host's loopback."""
     if (seconds := engine.use("host")) is not None:
-        part("daemon restart (host mode)", seconds)
+        part("daemon restart (host)", seconds)
     return engine
 
 
@@ -128,7 +129,7 @@ def base_image(engine: DockerEngine) -> str:
     engine.use("host")
     work = engine.root / "base"
     work.mkdir()
-    with timed("base: debootstrap, CAs, import"):
+    with timed("base (debootstrap, import)"):
         builds.build_base(engine, work)
     size = int(engine.docker("image", "inspect", "-f", "{{.Size}}", builds.BASE_TAG).stdout)
     figure(f"stand-in base {builds.BASE_TAG}", megabytes(size))
@@ -138,7 +139,7 @@ def base_image(engine: DockerEngine) -> str:
 def _build(engine: DockerEngine, tag: str, base: str, *, buildkit: bool) -> str:
     engine.use("host")
     label = "BuildKit" if buildkit else "classic builder"
-    with timed(f"build: connector, {label}"):
+    with timed(f"build: {label}"):
         output = builds.build_connector(engine, tag, base, buildkit=buildkit)
     (engine.root / f"build-{'buildkit' if buildkit else 'classic'}.log").write_text(output)
     size = int(engine.docker("image", "inspect", "-f", "{{.Size}}", tag).stdout)
@@ -164,7 +165,7 @@ def standin_images(engine: DockerEngine, base_image: str) -> dict[str, str]:
     services = load_yaml(DEPLOY / "compose.yaml")["services"]
     names = {service: services[service]["image"] for service in ("redis", "prometheus")}
     engine.use("host")
-    with timed("build: Redis+Prometheus stand-ins"):
+    with timed("build: stand-ins"):
         for service, name in names.items():
             builds.build_standin(engine, service, name, base_image)
     return names

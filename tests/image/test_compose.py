@@ -101,7 +101,7 @@ def netns_engine(
 ) -> DockerEngine:
     """The daemon restarted in its own network namespace, after every image was built."""
     if (seconds := engine.use("netns")) is not None:
-        part("daemon restart in its netns", seconds)
+        part("daemon restart (netns)", seconds)
     return engine
 
 
@@ -133,7 +133,8 @@ def test_stack_comes_up_prometheus_scrapes_and_down_is_clean(stack: Stack) -> No
         "up", "-d", "--no-build", "--pull", "never", "--wait", "--wait-timeout",
         str(int(UP_WITHIN)), *SERVICES, timeout=UP_WITHIN + 60,
     )  # fmt: skip
-    part(f"compose: up --wait, {len(SERVICES)} services", time.monotonic() - started)
+    part("compose: up --wait", time.monotonic() - started)
+    figure("compose services brought up", f"{', '.join(SERVICES)} (Grafana left out)")
     states = {
         entry["Service"]: (entry["State"], entry.get("Health", ""))
         for entry in map(json.loads, stack.compose("ps", "--format", "json").stdout.splitlines())
@@ -218,7 +219,7 @@ def run_backtest(stack: Stack) -> dict[str, Any]:
 def test_consumer_ack_backtest_completes_without_engine_timeouts(stack: Stack) -> None:
     started = time.monotonic()
     report = run_backtest(stack)
-    part("compose: backtest, up to outcome", time.monotonic() - started)
+    part("compose: backtest", time.monotonic() - started)
     counts = report["counts"]
     assert report["outcome"] == "completed", (counts, stack.logs())
     assert counts["timeouts"] == 0, (counts, stack.logs())
@@ -234,7 +235,7 @@ def test_consumer_ack_backtest_completes_without_engine_timeouts(stack: Stack) -
     )
     assert state["ExitCode"] == 0, stack.logs()
     code, seconds = stack.down()
-    part("compose: down after backtest", seconds, f"exit {code} in ")
+    part("compose: down (backtest)", seconds, f"exit {code} in ")
     assert code == 0
 
 
