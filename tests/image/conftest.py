@@ -102,6 +102,8 @@ def engine() -> Iterator[DockerEngine]:
 
 def _close_and_compare(engine: DockerEngine, before: HostState) -> None:
     with timed("cleanup: daemon stop"):
+        if left := engine.remove_containers():
+            figure("containers left behind by the tests (removed)", " ".join(left))
         engine.stop()
     with timed("cleanup: netns, files"):
         engine.close()

@@ -285,6 +285,15 @@ class DockerEngine:
             + _last(self.log.read_text(errors="replace"))
         )
 
+    def remove_containers(self) -> list[str]:
+        """Remove every container a test left behind (normally none); their ids."""
+        if self.mode is None:
+            return []
+        left = self.docker("ps", "-aq", check=False, timeout=60).stdout.split()
+        if left:
+            self.docker("rm", "-f", "-v", *left, check=False, timeout=120)
+        return left
+
     def stop(self) -> None:
         """Stop the daemon (its pid file names it) and whatever it left running or mounted."""
         pid = self._daemon_pid()
