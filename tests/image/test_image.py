@@ -412,20 +412,8 @@ def test_simulate_command_turns_healthy(host_engine: DockerEngine, connector_ima
         )
         health = wait_healthy(box)
         seconds = time.monotonic() - box.started
-        if health["Status"] != "healthy":
-            _xfail_if_simulator_lacks_health(port, health)
         assert health["Status"] == "healthy", health["Log"]
         figure("simulate container healthy after docker run", f"{seconds:.1f} s")
-
-
-def _xfail_if_simulator_lacks_health(port: int, health: dict[str, Any]) -> None:
-    """The one known cause: the simulator's /health endpoint is added on another branch. Only
-    when the probes failed on exactly that (HTTP 404 for /health) is this an expected failure."""
-    outputs = [probe["Output"] for probe in health["Log"]]
-    missing = http_get(f"http://127.0.0.1:{port}/health")[0] == 404
-    if missing and all(f"127.0.0.1:{port}/health: HTTP 404" in out for out in outputs):
-        figure("simulate container health", "unhealthy: the simulator has no /health yet (404)")
-        pytest.xfail("the simulator answers 404 for /health (added on another branch)")
 
 
 def test_unreadable_api_key_file_stops_start_up_with_exit_2(
