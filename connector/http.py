@@ -19,7 +19,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 8192
-REQUEST_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 5.0  # reading the request and writing the answer, each
+# Connections served at once. The port shares the process' file descriptors with the Trading API
+# session and Redis: a flood of idle connections must not starve them. Beyond the cap a
+# connection gets a 503 at once (Prometheus and probes retry) and is closed.
+MAX_CONNECTIONS = 64
+BUSY_READ_S = 0.1
+BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
+    b"Connection: close\r\n\r\nbusy\n"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,7 @@ class OpsServer:
         self._registry = registry
         self._readiness = readiness
         self._server: asyncio.Server | None = None
+        self._serving = 0  # connections being handled now
 
     @property
     def port(self) -> int:
@@ -69,6 +79,22 @@ class OpsServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._serving >= MAX_CONNECTIONS:
+            writer.write(BUSY)
+            # Take what the client sent first (briefly): closing on unread data resets the
+            # connection, and the client would never read the 503.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(BUSY_READ_S):
+                    await reader.read(MAX_REQUEST_BYTES)
+            await _close(writer)
+            return
+        self._serving += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._serving -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -85,15 +111,8 @@ class OpsServer:
             f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
         ).encode()
-        try:
-            writer.write(header + body if send_body else header)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        writer.write(header + body if send_body else header)
+        await _close(writer)
 
     async def _respond(self, head: bytes) -> tuple[int, str, bytes]:
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -116,6 +135,21 @@ class OpsServer:
             + b"\n"
         )
         return (200 if state.ready else 503), "application/json", body
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Flush and close, bounded: a client that never reads must not hold the connection open
+    (a large /metrics fills the socket buffer, and drain() would wait for ever)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await writer.drain()
+    if writer.transport.get_write_buffer_size():
+        writer.transport.abort()  # the answer did not leave in time: drop it
+    else:
+        writer.close()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            await writer.wait_closed()
 
 
 _REASONS = {

@@ -123,7 +123,7 @@ class Publisher:
                 self._recent.clear()
         self._pending.append(entry)
         self._pending_bytes += entry.size
-        if len(self._pending) > self._max_events or self._pending_bytes > self._max_bytes:
+        if len(self._pending) > self._max_events or self._held_bytes > self._max_bytes:
             self._drop_oldest()
         self._idle.clear()
         self._wake.set()
@@ -131,7 +131,7 @@ class Publisher:
     def _drop_oldest(self) -> None:
         dropped: list[Entry] = []
         while self._pending and (
-            len(self._pending) > self._max_events or self._pending_bytes > self._max_bytes
+            len(self._pending) > self._max_events or self._held_bytes > self._max_bytes
         ):
             entry = self._pending.popleft()
             self._pending_bytes -= entry.size
@@ -176,6 +176,12 @@ class Publisher:
         connection are no longer matched to an id of the new one."""
         self._recent.clear()
         self._queued_duplicates.clear()
+
+    @property
+    def _held_bytes(self) -> int:
+        """Everything in memory, the batch being written included: the byte bound is about
+        what the process holds (the count bound stays about what waits behind the batch)."""
+        return self._pending_bytes + self._inflight_bytes
 
     # -- writer task ---------------------------------------------------------------------------
 
@@ -235,8 +241,9 @@ class Publisher:
                 for entry in batch:
                     if entry.key is None and entry.event_id is not None:
                         self._queued_duplicates.pop(entry.event_id, None)
-            # The bound counts what waits behind the batch in flight (which is at most
-            # max_batch events), so a large batch never makes the newest events the ones dropped.
+            # The count bound counts what waits behind the batch in flight (which is at most
+            # max_batch events), so a large batch never makes the newest events the ones dropped;
+            # the byte bound counts the batch too (memory is memory).
             self._inflight = batch
             self._inflight_bytes = sum(entry.size for entry in batch)
             self._pending_bytes -= self._inflight_bytes

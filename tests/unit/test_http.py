@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
@@ -83,3 +84,52 @@ async def test_head_has_no_body(server: tuple[OpsServer, State]) -> None:
     ops, _ = server
     status, body = await request(ops.port, get("/healthz", "HEAD"))
     assert (status, body) == (200, b"")
+
+
+async def test_connections_beyond_the_cap_are_turned_away_at_once(
+    server: tuple[OpsServer, State], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle connections (a flood, or slowloris) cannot take every file descriptor: beyond the
+    cap a connection gets 503 straight away; once they are gone, requests are served again."""
+    ops, _ = server
+    monkeypatch.setattr("connector.http.MAX_CONNECTIONS", 3)
+    idle = [await asyncio.open_connection("127.0.0.1", ops.port) for _ in range(3)]
+    try:
+        while ops._serving < 3:  # noqa: ASYNC110 - the server's own count: polled
+            await asyncio.sleep(0.01)
+        assert await request(ops.port, get("/healthz")) == (503, b"busy\n")
+    finally:
+        for _, writer in idle:
+            writer.close()
+    while ops._serving:  # noqa: ASYNC110 - the server's own count: polled
+        await asyncio.sleep(0.01)
+    assert (await request(ops.port, get("/healthz")))[0] == 200
+
+
+async def test_a_client_that_never_reads_cannot_hold_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A large /metrics to a client that reads nothing fills the socket buffers: writing gives
+    up after the request deadline and the connection is dropped."""
+    monkeypatch.setattr("connector.http.REQUEST_TIMEOUT", 0.3)
+    registry = CollectorRegistry()
+    series = Counter("connector_wide", "many series", ["n"], registry=registry)
+    for n in range(30_000):
+        series.labels(str(n)).inc()
+
+    async def readiness() -> Readiness:
+        return Readiness(True, {}, {})
+
+    ops = OpsServer("127.0.0.1", 0, registry, readiness)
+    await ops.start()
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", ops.port, limit=1024)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        writer.write(get("/metrics"))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            while ops._serving:  # noqa: ASYNC110 - the server's own count: polled
+                await asyncio.sleep(0.02)
+        writer.close()
+    finally:
+        await ops.stop()

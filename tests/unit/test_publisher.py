@@ -140,19 +140,28 @@ async def test_byte_bound_applies_too(metrics: Metrics) -> None:
     assert writer.batches == [["evt-3", "evt-4"]]
 
 
-async def test_the_batch_in_flight_does_not_count_against_the_bound(metrics: Metrics) -> None:
+async def test_the_batch_in_flight_counts_for_bytes_but_not_for_events(metrics: Metrics) -> None:
+    """Memory is memory: the batch being written is held too. The event bound is about what waits
+    behind it (so a large batch never makes the newest events the ones dropped)."""
     writer, stored = FakeWriter(), []
     writer.gate = asyncio.Event()
-    publisher = make(writer, metrics, stored, max_bytes=250)
+    publisher = make(writer, metrics, stored, max_bytes=250, max_events=1)
     task = asyncio.create_task(publisher.run())
-    publisher.submit(entry(0, size=200))  # in flight: no longer counted against the bound
+    publisher.submit(entry(0, size=200))  # in flight
     await writer.started.wait()
-    publisher.submit(entry(1, size=100))
-    publisher.submit(entry(2, size=100))
+    publisher.submit(entry(1, size=40))  # 240 held: fits
+    publisher.submit(entry(2, size=40))  # 280 bytes and 2 waiting: evt-1, the oldest, goes
+    assert publisher.buffered == 2
     writer.gate.set()
     publisher.close()
     await task
-    assert writer.batches == [["evt-0"], ["evt-1", "evt-2"]]
+    assert writer.batches == [["evt-0"], ["evt-2"]]
+    assert (
+        metrics.registry.get_sample_value(
+            "connector_dropped_events_total", {"reason": "buffer_full"}
+        )
+        == 1
+    )
 
 
 async def test_dropped_ids_are_forgotten_so_a_redelivery_is_stored(metrics: Metrics) -> None:
