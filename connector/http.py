@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 8192
 REQUEST_TIMEOUT = 5.0  # reading the request and writing the answer, each
 # Connections served at once. The port shares the process' file descriptors with the Trading API
-# session and Redis: a flood of idle connections must not starve them. Beyond the cap a
-# connection gets a 503 at once (Prometheus and probes retry) and is closed.
+# session and Redis: a flood of idle connections must not starve them. At the cap, a new
+# connection takes the place of the one that has been sending its request head the longest (a
+# slow or idle client must not keep the liveness probe out); only when every connection is being
+# answered does a new one get a 503 at once (Prometheus and probes retry).
 MAX_CONNECTIONS = 64
 BUSY_READ_S = 0.1
 BUSY = (
@@ -55,6 +57,8 @@ class OpsServer:
         self._readiness = readiness
         self._server: asyncio.Server | None = None
         self._serving = 0  # connections being handled now
+        # Connections still sending their request head, oldest first (dicts keep order).
+        self._heads: dict[asyncio.StreamWriter, None] = {}
 
     @property
     def port(self) -> int:
@@ -79,7 +83,7 @@ class OpsServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._serving >= MAX_CONNECTIONS:
+        if self._serving >= MAX_CONNECTIONS and not self._evict_slowest():
             writer.write(BUSY)
             # Take what the client sent first (briefly): closing on unread data resets the
             # connection, and the client would never read the 503.
@@ -94,10 +98,23 @@ class OpsServer:
         finally:
             self._serving -= 1
 
+    def _evict_slowest(self) -> bool:
+        """Drop the connection that has been sending its request head the longest; its
+        handler ends at once (its read fails) and frees the slot."""
+        for writer in self._heads:
+            del self._heads[writer]
+            writer.transport.abort()
+            return True
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
+                self._heads[writer] = None
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                finally:
+                    self._heads.pop(writer, None)
                 status, content_type, body = await self._respond(head)
                 send_body = not head.startswith(b"HEAD ")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
@@ -115,9 +132,9 @@ class OpsServer:
         await _close(writer)
 
     async def _respond(self, head: bytes) -> tuple[int, str, bytes]:
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        request_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
         parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        if len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not _plain(header_lines):
             return 400, "text/plain", b"bad request\n"
         method, target, _ = parts
         path = target.split("?", 1)[0]
@@ -135,6 +152,20 @@ class OpsServer:
             + b"\n"
         )
         return (200 if state.ready else 503), "application/json", body
+
+
+def _plain(header_lines: list[str]) -> bool:
+    """Headers a GET needs and nothing that asks for more: every line ``name: value`` (no
+    obsolete line folding), no request body (Content-Length other than 0, Transfer-Encoding):
+    a proxy in front of the port and this server must never disagree on where a request ends."""
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or line[0] in " \t":
+            return False
+        lowered = name.lower()
+        if lowered == "transfer-encoding" or (lowered == "content-length" and value.strip() != "0"):
+            return False
+    return True
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:

@@ -4,7 +4,7 @@ Every frame is parsed exactly once here. The result is either a typed event or a
 :class:`Invalid` that says why the frame was rejected and, where one can still be recognised, the
 event id that must be acknowledged so a backtest engine does not stall on it.
 
-Rules from the real server (see PROTOCOL.md): prices, sizes and volumes are decimal strings and
+Rules from the real server (see docs/protocol.md): prices, sizes and volumes are decimal strings and
 stay exactly as received; timestamps are ISO-8601 UTC with 0 to 9 fractional digits; the id is in
 ``event_id`` (``id`` on documentation-style servers) and only engine frames carry one; optional
 fields are absent rather than null; unknown fields are ignored; key order is not fixed.
@@ -45,14 +45,21 @@ MAX_DECIMAL_CHARS: Final = 64
 
 # re.ASCII: \d must not match other scripts' digits (Arabic-Indic, fullwidth), which int()
 # would accept.
-_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,4})?", re.ASCII)
+# An exponent of at most two digits: "1e9999" is text no price is, and a consumer's float()
+# would turn it into infinity.
+_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d{1,2})?", re.ASCII)
 _TIMESTAMP = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d{2}):(\d{2}))",
     re.ASCII,
 )
 # Symbols and timeframes become part of Redis keys: no braces (Cluster hash tags), no glob
-# characters (SCAN/KEYS patterns), no whitespace or control characters.
-_KEY_PART = re.compile(r"[^\s{}\[\]*?\\\x00-\x1f\x7f-\x9f]{1,128}")
+# characters (SCAN/KEYS patterns), no whitespace or control characters, and none of Unicode's
+# invisible format characters (zero-width spaces and joiners, bidirectional controls, the byte
+# order mark): "AAPL\u200b" would be a second AAPL stream that looks like the first.
+_KEY_PART = re.compile(
+    r"[^\s{}\[\]*?\\\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\ufeff\ufff9-\ufffb]{1,128}"
+)
 _TIMEFRAME = re.compile(r"[0-9]{1,4}[a-zA-Z]{1,3}", re.ASCII)
 _TIMEFRAMES_SEEN: set[str] = set()  # checked timeframes (cleared past 1024 entries)
 # For frames that are not valid JSON: find an id anyway, so the engine is not left waiting.

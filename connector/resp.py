@@ -209,7 +209,13 @@ class WireConnection:
                         endpoint.host, endpoint.port, ssl=endpoint.ssl
                     )
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
+            # A TLS handshake with a server that does not speak TLS ends in a timeout with no
+            # text of its own: say what happened instead of nothing.
+            detail = str(exc) or (
+                f"no answer within {reply_timeout:g} s"
+                + (" (is the server speaking TLS?)" if endpoint.ssl is not None else "")
+            )
+            raise RedisConnectionError(f"cannot connect to Redis: {detail}") from exc
         _keepalive(writer)
         connection = cls(reader, writer, reply_timeout)
         try:

@@ -86,24 +86,58 @@ async def test_head_has_no_body(server: tuple[OpsServer, State]) -> None:
     assert (status, body) == (200, b"")
 
 
-async def test_connections_beyond_the_cap_are_turned_away_at_once(
+async def test_slow_clients_cannot_keep_the_probes_out(
     server: tuple[OpsServer, State], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Idle connections (a flood, or slowloris) cannot take every file descriptor: beyond the
-    cap a connection gets 503 straight away; once they are gone, requests are served again."""
+    """A flood of connections that never finish their request (slowloris) stays within the
+    cap, and each new request takes the place of the oldest of them: /healthz is answered."""
     ops, _ = server
     monkeypatch.setattr("connector.http.MAX_CONNECTIONS", 3)
-    idle = [await asyncio.open_connection("127.0.0.1", ops.port) for _ in range(3)]
+    idle = [await asyncio.open_connection("127.0.0.1", ops.port) for _ in range(6)]
     try:
+        for _, writer in idle:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # never the blank line
         while ops._serving < 3:  # noqa: ASYNC110 - the server's own count: polled
             await asyncio.sleep(0.01)
-        assert await request(ops.port, get("/healthz")) == (503, b"busy\n")
+        for _ in range(5):
+            assert await request(ops.port, get("/healthz")) == (200, b'{"status":"ok"}\n')
+        assert ops._serving <= 3
+        dropped = 0
+        for reader, _ in idle:  # the oldest were dropped (reset) to make room
+            try:
+                dropped += await reader.read() == b""
+            except ConnectionResetError:
+                dropped += 1
+        assert dropped >= 4  # three to let the later idle ones in, one for the first probe
     finally:
         for _, writer in idle:
             writer.close()
-    while ops._serving:  # noqa: ASYNC110 - the server's own count: polled
-        await asyncio.sleep(0.01)
-    assert (await request(ops.port, get("/healthz")))[0] == 200
+
+
+async def test_beyond_the_cap_of_requests_being_answered_a_503_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When every slot is answering (here: a readiness check that waits), a new connection gets
+    503 straight away; once they are answered, requests are served again."""
+    monkeypatch.setattr("connector.http.MAX_CONNECTIONS", 2)
+    release = asyncio.Event()
+
+    async def readiness() -> Readiness:
+        await release.wait()
+        return Readiness(True, {}, {})
+
+    ops = OpsServer("127.0.0.1", 0, CollectorRegistry(), readiness)
+    await ops.start()
+    try:
+        waiting = [asyncio.create_task(request(ops.port, get("/readyz"))) for _ in range(2)]
+        while ops._serving < 2 or ops._heads:  # noqa: ASYNC110 - the server's own state
+            await asyncio.sleep(0.01)
+        assert await request(ops.port, get("/healthz")) == (503, b"busy\n")
+        release.set()
+        assert [status for status, _ in await asyncio.gather(*waiting)] == [200, 200]
+        assert (await request(ops.port, get("/healthz")))[0] == 200
+    finally:
+        await ops.stop()
 
 
 async def test_a_client_that_never_reads_cannot_hold_its_connection(
@@ -133,3 +167,29 @@ async def test_a_client_that_never_reads_cannot_hold_its_connection(
         writer.close()
     finally:
         await ops.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /healthz HTTP/1.9\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nno colon here\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+    ],
+)
+async def test_requests_a_proxy_could_read_differently_are_refused(
+    server: tuple[OpsServer, State], raw: bytes
+) -> None:
+    ops, _ = server
+    assert (await request(ops.port, raw))[0] == 400
+
+
+async def test_a_plain_http_1_0_request_is_served(server: tuple[OpsServer, State]) -> None:
+    ops, _ = server
+    assert (await request(ops.port, b"GET /healthz HTTP/1.0\r\n\r\n"))[0] == 200
+    zero = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    assert (await request(ops.port, zero))[0] == 200

@@ -323,3 +323,24 @@ def test_sniffed_event_id_wins_over_a_nested_id() -> None:
     assert event.event_id == "evt-3"
     docs_style = '{"id":"42","type":"candle","bar":{'
     assert parse_frame(docs_style, LIMIT).event_id == "42"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "symbol", ["AAPL\u200b", "AAPL\u202e", "\ufeffAAPL", "AA\u00adPL", "AAPL\u2060"]
+)
+def test_symbols_with_invisible_characters_are_refused(symbol: str) -> None:
+    """A zero-width or bidirectional character would make a second stream that looks like
+    AAPL's; dead-lettered (and acknowledged) like any symbol that cannot be part of a key."""
+    fields = orjson.loads(CANDLE)
+    fields["bar"]["symbol"] = symbol
+    event = parse_frame(orjson.dumps(fields).decode(), LIMIT)
+    assert isinstance(event, Invalid)
+    assert (event.reason, event.event_id) == ("bad_symbol", "evt-5")
+
+
+@pytest.mark.parametrize(("value", "valid"), [("1e9999", False), ("1e-99", True), ("2E5", True)])
+def test_exponents_are_at_most_two_digits(value: str, valid: bool) -> None:
+    fields = orjson.loads(CANDLE)
+    fields["bar"]["close"] = value
+    event = parse_frame(orjson.dumps(fields).decode(), LIMIT)
+    assert isinstance(event, Invalid) is not valid
