@@ -24,8 +24,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -45,12 +47,30 @@ DEFAULT_REDIS = "redis://localhost:6379/0"
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--symbols", default="AAPL,MSFT,BTCUSD,F:EURUSD")
-    parser.add_argument("--steps", type=int, default=500, help="backtest steps")
-    parser.add_argument("--ack-mode", choices=("consumer", "immediate"), default="consumer")
-    parser.add_argument("--redis-url", default=None, help="default: CONNECTOR_REDIS_URL or local")
+    parser.add_argument(
+        "--symbols", default="AAPL,MSFT,BTCUSD,F:EURUSD", help="comma list (default %(default)s)"
+    )
+    parser.add_argument("--steps", type=int, default=500, help="backtest steps (default 500)")
+    parser.add_argument(
+        "--ack-mode",
+        choices=("consumer", "immediate"),
+        default="consumer",
+        help="consumer: the engine waits for the strategy (default); immediate: it does not",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="default: CONNECTOR_REDIS_URL when it answers, else a private redis-server",
+    )
     parser.add_argument(
         "--keep-redis", action="store_true", help="leave a private redis-server running afterwards"
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the run's figures as JSON (the strategy's orders, fill lags and P&L)",
     )
 
 
@@ -137,6 +157,20 @@ async def _tour(
         await strategy_redis.aclose()
         await sim.stop()
     await _summary(sim, connector, report, redis, choice, elapsed, outcome)
+    if args.report is not None:
+        bars = sum(1 for step in sim.record.steps if step.kind == "bar")
+        figures = {
+            "ack_mode": args.ack_mode,
+            "symbols": list(symbols),
+            "steps": args.steps,
+            "seed": config.seed,
+            "outcome": outcome,
+            "elapsed_s": round(elapsed, 3),
+            "bars_per_s": round(bars / elapsed, 1) if elapsed > 0 else None,
+            "engine_timeouts": sim.record.timeouts,
+            "strategy": report,
+        }
+        args.report.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     return 0 if code == 0 and outcome == "completed" else 1
 
 

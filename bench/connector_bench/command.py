@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from connector_bench import chart, machine
+from connector_bench import chart, machine, parity
 from connector_bench.backtest import BACKTEST_SCENARIOS
 from connector_bench.feeds import Latency, Live, soak
 from connector_bench.report import document, profile_block, render
@@ -56,8 +56,12 @@ EXTRA_SCENARIOS: tuple[str, ...] = (
     "consumer-idle",
     "scale",
 )
-DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s not in EXTRA_SCENARIOS)
-QUICK_SCENARIOS: tuple[str, ...] = tuple(s for s in SCENARIOS if s != "scale")
+#: The fill-parity comparison (immediate vs consumer-ack mode, same strategy and data): not a
+#: speed figure, so it has its own table (see connector_bench.parity).
+PARITY = "parity"
+NAMES: tuple[str, ...] = (*SCENARIOS, PARITY)
+DEFAULT_SCENARIOS: tuple[str, ...] = tuple(s for s in NAMES if s not in EXTRA_SCENARIOS)
+QUICK_SCENARIOS: tuple[str, ...] = tuple(s for s in NAMES if s != "scale")
 
 #: Which clients each scenario runs with (the consumer-ack ones and the scale scenario: the
 #: connector only, the docs' loop has no consumer mode).
@@ -72,6 +76,7 @@ QUICK = Plan(
     live_events=5_000,
     backtest_steps=200,
     consumer_steps=100,
+    parity_steps=150,
     wide_symbols=20,
     wide_steps=20,
     idle_streams=100,
@@ -88,6 +93,7 @@ SIZE_OPTIONS: tuple[tuple[str, str], ...] = (
     ("events", "live_events"),
     ("steps", "backtest_steps"),
     ("consumer_steps", "consumer_steps"),
+    ("parity_steps", "parity_steps"),
     ("wide_symbols", "wide_symbols"),
     ("wide_steps", "wide_steps"),
     ("idle_streams", "idle_streams"),
@@ -112,7 +118,7 @@ def _what_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument(
         "--scenarios",
         default=None,
-        help=f"comma list of {','.join(SCENARIOS)}, or 'none' (e.g. with --soak only); default "
+        help=f"comma list of {','.join(NAMES)}, or 'none' (e.g. with --soak only); default "
         f"{','.join(DEFAULT_SCENARIOS)} ({', '.join(EXTRA_SCENARIOS)} only when named; --quick: "
         "all but scale)",
     )
@@ -137,6 +143,7 @@ def _size_options(parser: argparse.ArgumentParser) -> None:
         ("--events", "live_events", "live events"),
         ("--steps", "backtest_steps", "backtest steps"),
         ("--consumer-steps", "consumer_steps", "consumer-ack steps"),
+        ("--parity-steps", "parity_steps", "bars of each fill-parity run"),
         ("--wide-symbols", "wide_symbols", "symbols per step of consumer-wide*"),
         ("--wide-steps", "wide_steps", "steps of consumer-wide*"),
         ("--idle-streams", "idle_streams", "idle streams of consumer-idle"),
@@ -308,9 +315,9 @@ def selection(args: argparse.Namespace) -> list[tuple[str, str]]:
     named = _scenario_names(args)
     if named == ["none"]:
         return []
-    unknown = [s for s in named if s not in SCENARIOS]
+    unknown = [s for s in named if s not in NAMES]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {SCENARIOS}")
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; choose from {NAMES}")
     clients = _split(args.clients)
     bad = [c for c in clients if c not in CLIENTS]
     if bad:
@@ -385,6 +392,7 @@ class Invocation:
     pairs: list[tuple[str, str]]
     scale: ScalePlan | None
     repeat: int
+    parity: bool = False
 
 
 def invocation(args: argparse.Namespace) -> Invocation:
@@ -397,9 +405,10 @@ def invocation(args: argparse.Namespace) -> Invocation:
         raise ValueError("--repeat must be >= 1")
     if args.soak < 0:
         raise ValueError("--soak must be >= 0")
-    if not pairs and not args.soak and scale is None:
+    with_parity = PARITY in _scenario_names(args)
+    if not pairs and not args.soak and scale is None and not with_parity:
         raise ValueError("nothing to run")
-    return Invocation(plan, pairs, scale, repeat)
+    return Invocation(plan, pairs, scale, repeat, with_parity)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -442,6 +451,11 @@ def _bench(args: argparse.Namespace, what: Invocation, workdir: Path) -> bool:
         for job in found
     ]
     soaked = soak(what.plan, workdir, _log, args.soak) if args.soak else None
+    paritied = (
+        parity.run(what.plan.parity_steps, what.plan.symbols, workdir / "parity", _log)
+        if what.parity
+        else None
+    )
     profiles = []
     if args.profile is not None:
         profiles = _profiles(runner, profile_jobs(found, what.scale, facts["nproc"]))
@@ -449,8 +463,8 @@ def _bench(args: argparse.Namespace, what: Invocation, workdir: Path) -> bool:
     facts["source_digest_end"] = machine.source_digest()
     if facts["source_digest_end"] != facts["source_digest_start"]:
         _log("WARNING: the connector's source changed during the benchmark; results mix versions")
-    _output(args, what, facts, runs, soaked, profiles)
-    return any(not run.ok for run in runs)
+    _output(args, what, facts, runs, soaked, profiles, paritied)
+    return any(not run.ok for run in runs) or (paritied is not None and not parity.ok(paritied))
 
 
 def _profiles(runner: Runner, chosen: list[Job]) -> list[dict[str, Any]]:
@@ -476,6 +490,7 @@ def _output(
     runs: list[RunResult],
     soaked: dict[str, Any] | None,
     profiles: list[dict[str, Any]],
+    paritied: dict[str, Any] | None = None,
 ) -> None:
     """The table on stdout, then --json and --chart."""
     table = medians(runs)
@@ -488,12 +503,17 @@ def _output(
     if what.scale is not None:
         settings["scale"] = scale_settings(what.plan, what.scale, what.repeat)
     sys.stdout.write(render(facts, settings, table, targets, runs, soaked))
+    if paritied is not None:
+        sys.stdout.write("\nfill parity (the example strategy; consumer-ack mode must fill every ")
+        sys.stdout.write("order at the bar after its signal):\n\n" + parity.render(paritied) + "\n")
     if profiles:
         sys.stdout.write("\nprofiles (py-spy, share of the connector's on-CPU samples):\n")
         sys.stdout.write(profile_block(profiles) + "\n")
     sys.stdout.flush()
     if args.json is not None:
         doc = document(facts, settings, table, targets, runs, soaked, profiles)
+        if paritied is not None:
+            doc["parity"] = paritied
         args.json.write_bytes(
             orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
         )

@@ -54,6 +54,7 @@ class Plan:
     live_events: int = 200_000
     backtest_steps: int = 5_000
     consumer_steps: int = 2_000
+    parity_steps: int = 500  # bars of the fill-parity runs (each mode)
     wide_symbols: int = 500  # consumer-wide*: symbols per step
     wide_steps: int = 200
     idle_streams: int = 1_000  # consumer-idle: streams with the group that get no data

@@ -165,6 +165,20 @@ def check_output(stdout: str, out: Path) -> None:
     verdicts = {target["name"]: target["verdict"] for target in doc["targets"]}
     assert set(verdicts.values()) <= {"PASS", "MISS", "n/a"}
     assert verdicts["peak_rss_million"] == "n/a"  # a quick run is far from a million events
+    check_parity(stdout, doc)
+
+
+def check_parity(stdout: str, doc: dict[str, Any]) -> None:
+    """Same strategy, data and seed in both modes: consumer-ack mode fills every order at the
+    bar after its signal (lag 0); immediate mode is reported as it is."""
+    assert "fill parity" in stdout
+    immediate, consumer = doc["parity"]["immediate"], doc["parity"]["consumer"]
+    assert immediate["seed"] == consumer["seed"]
+    assert immediate["symbols"] == consumer["symbols"]
+    assert consumer["strategy"]["orders"] > 0
+    assert consumer["strategy"]["fill_lags"]
+    assert set(consumer["strategy"]["fill_lags"]) == {0}
+    assert immediate["strategy"]["filled"] == len(immediate["strategy"]["fill_lags"]) > 0
 
 
 def check_backtest(run: dict[str, Any], label: str) -> None:
