@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from connector import __version__
 from connector.acks import AckGate, Acknowledger, ImmediateGate
 from connector.cluster_wire import ClusterWire
-from connector.config import Settings
+from connector.config import ConfigError, Settings, mask_url
 from connector.confirm import ConsumerGate
 from connector.groups import Readers
 from connector.http import OpsServer, Readiness
@@ -30,12 +31,12 @@ from connector.launch import take_early_signals
 from connector.lease import PrefixLease
 from connector.metrics import EVENT_TYPES, Metrics
 from connector.publisher import Publisher
-from connector.redis_client import RedisClient, make_redis
+from connector.redis_client import RedisClient, configuration_problem, make_redis
 from connector.registry import StreamProvisioner
 from connector.resp import WireConnection
 from connector.router import Router
 from connector.run import BacktestRun, Outcome
-from connector.session import Session
+from connector.session import WARNING_EVERY_S, Session
 from connector.streams import SCHEMA_VERSION, Entry, StreamKeys
 from connector.writer import StreamWriter
 
@@ -86,7 +87,10 @@ class Connector:
                 else None
             ),
         )
-        self.provisioner = StreamProvisioner(self.keys, self.readers)
+        # Names this run in its markers and registry entries: two backtests in a row on one
+        # prefix are told apart (and `connector streams --clear` empties a prefix between them).
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        self.provisioner = StreamProvisioner(self.keys, self.readers, self.run_id)
         self.writer.provision = self.provisioner
         self.consumer_gate: ConsumerGate | None = None
         self.gate: AckGate = self._make_gate()
@@ -132,6 +136,11 @@ class Connector:
         self._stop_reason = ""
         self._signals = 0
         self._failed = False  # a reason to exit non-zero even after a clean drain
+        self._config_error: ConfigError | None = None  # found after start-up (Redis refuses)
+        self._phase = "starting"  # before the session: what the connector waits for
+        self._redis_ever_ok = False
+        self._redis_error = ""
+        self._redis_warned = float("-inf")
         self.outcome: Outcome | None = None  # how the backtest run ended (see connector.run)
 
     async def _open_wire(self) -> WireConnection:
@@ -164,6 +173,7 @@ class Connector:
             timeout=settings.consumer_ack_timeout,
             policy=settings.consumer_timeout_policy,
             check_interval=settings.consumer_check_interval,
+            stall_after=settings.consumer_stall_warning,
             known_streams=self.writer.known_streams,
             wire=None if isinstance(self.redis, RedisCluster) else self._open_wire,
         )
@@ -178,12 +188,26 @@ class Connector:
             return 0
         self.metrics.set_info(self.settings.mode, self.settings.ack_mode)
         log.info("starting", extra={"version": __version__, "settings": self.settings.describe()})
-        await self.ops.start()
-        await self._check_redis(first=True)
+        try:
+            await self._start_ops()
+            await self._check_redis(first=True)
+        except ConfigError:
+            await self._close_early()
+            raise  # permanent: the command reports it in one line (exit code 2)
+        # The Redis watch runs from now on: a Redis that answers late, and then refuses us, stops
+        # the wait for the lease with a configuration error.
+        health = asyncio.create_task(self._watch_redis(), name="redis-health")
+        self._phase = "waiting for the stream prefix lease"
         if self.lease is not None and not await self.lease.acquire(self._stop_requested):
-            await self.ops.stop()
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
+            await self._close_early()
             log.info("stopped before starting", extra={"reason": self._stop_reason})
+            if self._config_error is not None:
+                raise self._config_error
             return 0
+        self._phase = ""
         await self._provision_type_streams()
         self._marker(
             "started",
@@ -194,7 +218,6 @@ class Connector:
         )
         publisher = asyncio.create_task(self.publisher.run(), name="publisher")
         session = asyncio.create_task(self.session.run(self._stop_reading), name="session")
-        health = asyncio.create_task(self._watch_redis(), name="redis-health")
         stop = asyncio.create_task(self._stop_requested.wait(), name="stop-request")
         background = [health]
         if self.consumer_gate is not None:
@@ -231,12 +254,32 @@ class Connector:
             if self._owns_redis:
                 with contextlib.suppress(Exception):
                     await self.redis.aclose()
+        if self._config_error is not None:
+            raise self._config_error
         if self._failed:
             code = 1
         elif code == 0 and self.outcome not in (None, "completed"):
             code = EXIT_INCOMPLETE
         log.info("stopped", extra={"reason": self._stop_reason or "internal error", "code": code})
         return code
+
+    async def _start_ops(self) -> None:
+        try:
+            await self.ops.start()
+        except OSError as exc:
+            settings = self.settings
+            raise ConfigError(
+                f"CONNECTOR_HTTP_PORT: cannot serve on {settings.http_host}:"
+                f"{settings.http_port} ({exc.strerror or exc}); another connector there? Choose "
+                "another port (0 picks a free one)"
+            ) from None
+
+    async def _close_early(self) -> None:
+        """Stop before anything ran: the ops endpoint and our own Redis client."""
+        await self.ops.stop()
+        if self._owns_redis:
+            with contextlib.suppress(Exception):
+                await self.redis.aclose()
 
     async def _provision_type_streams(self) -> None:
         """Announce the per-type streams (and create required groups) before any event, so
@@ -381,41 +424,69 @@ class Connector:
             "trading_api": self.session.connected,
             "redis": self._redis_ok and self.publisher.healthy,
         }
-        if self.consumer_gate is not None:
-            checks["consumers"] = not self.consumer_gate.overdue
         detail = {}
+        if self.consumer_gate is not None:
+            stall = self.consumer_gate.stall()
+            checks["consumers"] = not self.consumer_gate.overdue and stall is None
+            if stall is not None:
+                detail["consumers"] = stall
         if self.lease is not None and self.lease.holder is not None:
             checks["prefix"] = False
             detail["prefix"] = f"stream prefix held by {self.lease.holder}"
         elif self.lease is not None and self.lease.held and not self.lease.confirmed():
             checks["prefix"] = False  # writes wait (see PrefixLease.confirmed)
             detail["prefix"] = "stream prefix lease not confirmed (renewals fail)"
-        if not checks.get("consumers", True):
+        if not checks.get("consumers", True) and "consumers" not in detail:
             detail["consumers"] = "confirmation overdue (CONSUMER_ACK_TIMEOUT, policy hold)"
         if not checks["trading_api"]:
-            detail["trading_api"] = "not connected"
+            detail["trading_api"] = (
+                f"not started: {self._phase}" if self._phase else self.session.status
+            )
         if not checks["redis"]:
-            detail["redis"] = "not answering" if not self._redis_ok else "publishing fails"
+            detail["redis"] = (
+                f"not answering: {self._redis_error}"
+                if not self._redis_ok
+                else f"publishing fails: {self.publisher.last_error}"
+            )
         return Readiness(all(checks.values()), checks, detail)
 
     async def _watch_redis(self) -> None:
         while True:
             await asyncio.sleep(REDIS_CHECK_INTERVAL)
-            await self._check_redis()
+            try:
+                await self._check_redis()
+            except ConfigError as exc:  # Redis answered at last, and refuses us for good
+                self._config_error = exc
+                self.request_stop("configuration error")
+                return
 
     async def _check_redis(self, first: bool = False) -> None:
         try:
             await asyncio.wait_for(self.redis.ping(), self.settings.redis_timeout)
         except Exception as exc:  # any failure of the probe means: not answering
-            if self._redis_ok or first:
-                log.warning("Redis is not answering", extra={"error": str(exc)[:200]})
-            self._redis_ok = False
+            self._redis_failed(exc, first)
         else:
             if not self._redis_ok and not first:
-                log.info("Redis answers again")
-            self._redis_ok = True
+                log.info("Redis answers again", extra={"url": mask_url(self.settings.redis_url)})
+            self._redis_ok = self._redis_ever_ok = True
             await self._check_registry()
         self.metrics.redis_up.set(1 if self._redis_ok else 0)
+
+    def _redis_failed(self, exc: BaseException, first: bool) -> None:
+        """Not answering: retried (warned about every WARNING_EVERY_S). Refusing us for good
+        before it ever answered (credentials, database): a configuration error."""
+        problem = configuration_problem(exc)
+        if problem is not None and not self._redis_ever_ok:
+            raise ConfigError(f"CONNECTOR_REDIS_URL: {problem}")
+        self._redis_error = (str(exc) or type(exc).__name__)[:200]
+        now = time.monotonic()
+        if self._redis_ok or first or now - self._redis_warned >= WARNING_EVERY_S:
+            self._redis_warned = now
+            log.warning(
+                "Redis is not answering" if problem is None else problem,
+                extra={"url": mask_url(self.settings.redis_url), "error": self._redis_error},
+            )
+        self._redis_ok = False
 
     async def _check_registry(self) -> None:
         """Redis restarted without its data: the registry, and with it the consumer groups,
@@ -440,7 +511,8 @@ class Connector:
     def _marker(self, kind: str, **fields: Any) -> None:
         """A connector marker in the system stream (so downstream can see gaps)."""
         now = time.time()
-        entry_fields = {"type": kind, "ts": _ms(now), **{k: str(v) for k, v in fields.items()}}
+        entry_fields = {"type": kind, "ts": _ms(now), "run": self.run_id}
+        entry_fields.update((key, str(value)) for key, value in fields.items())
         self.publisher.submit(
             Entry(self.keys.system, entry_fields, "system", None, time.monotonic(), 256)
         )

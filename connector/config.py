@@ -7,11 +7,13 @@ per problem that names the variable and what it accepts (see :func:`describe_err
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import secrets
 import socket
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -65,28 +67,55 @@ class Settings(BaseSettings):
     ws_ca_file: Path | None = Field(
         None, description="PEM bundle of CAs trusted for wss:// (default: the system store)."
     )
-    open_timeout: float = Field(10.0, gt=0, description="Seconds allowed for connect + upgrade.")
+    open_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Seconds allowed for connect + upgrade.",
+    )
     ping_interval: float = Field(
-        5.0, gt=0, description="Seconds between WebSocket protocol pings (liveness check)."
+        5.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds between WebSocket protocol pings (liveness check).",
     )
     ping_timeout: float = Field(
-        5.0, gt=0, description="Seconds a ping may wait for its pong before it counts as missed."
+        5.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Seconds a ping may wait for its pong before it counts as missed.",
     )
     max_missed_pongs: int = Field(
-        2, ge=1, description="Consecutive missed pongs after which the session reconnects."
+        2, ge=1, le=100, description="Consecutive missed pongs after which the session reconnects."
     )
     reconnect_min_delay: float = Field(
-        0.1, gt=0, description="First reconnect backoff step in seconds (doubles per attempt)."
+        0.1,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="First reconnect backoff step in seconds (doubles per attempt).",
     )
     reconnect_max_delay: float = Field(
-        30.0, gt=0, description="Backoff cap in seconds; also the retry delay after HTTP 401/403."
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Backoff cap in seconds; also the retry delay after HTTP 401/403.",
     )
     reconnect_reset_after: float = Field(
-        30.0, ge=0, description="Seconds a connection must stay up before the backoff resets."
+        30.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="Seconds a connection must stay up before the backoff resets.",
     )
     max_frame_bytes: int = Field(
         1_048_576,
         ge=1024,
+        le=512 * 1024 * 1024,
         description="Frames above this size are dead-lettered; 8x this closes the connection.",
     )
     ws_compression: bool = Field(False, description="Offer permessage-deflate to the server.")
@@ -99,12 +128,16 @@ class Settings(BaseSettings):
     complete_ack_timeout: float = Field(
         10.0,
         gt=0,
+        le=3600,
+        allow_inf_nan=False,
         description="Backtest: seconds the engine waits for the ack of backtest_complete; a "
         "completion not acknowledged in time ends the run as unacknowledged.",
     )
     backtest_reconnect_window: float = Field(
         30.0,
         gt=0,
+        le=86400,
+        allow_inf_nan=False,
         description="Backtest: a session lost mid-run that is not back within this many seconds "
         "ends the run as interrupted (the engine halts without acks anyway).",
     )
@@ -122,7 +155,9 @@ class Settings(BaseSettings):
         None, description="File holding the Redis password; wins over REDIS_PASSWORD."
     )
     redis_ca_file: Path | None = Field(None, description="PEM CA bundle for rediss://.")
-    redis_timeout: float = Field(5.0, gt=0, description="Seconds for one Redis round trip.")
+    redis_timeout: float = Field(
+        5.0, gt=0, le=600, allow_inf_nan=False, description="Seconds for one Redis round trip."
+    )
     redis_cluster: bool = Field(
         False, description="REDIS_URL names a node of a Redis Cluster (use a cluster client)."
     )
@@ -130,16 +165,22 @@ class Settings(BaseSettings):
         "md", description="Prefix of every stream key (e.g. md:{AAPL}:quote)."
     )
     stream_maxlen: int = Field(
-        100_000, ge=0, description="Approximate MAXLEN per stream (0 keeps everything)."
+        100_000, ge=0, le=10**12, description="Approximate MAXLEN per stream (0 keeps everything)."
     )
     batch_max_events: int = Field(
-        1000, ge=1, description="Most events written in one pipelined round trip."
+        1000, ge=1, le=100_000, description="Most events written in one pipelined round trip."
     )
     buffer_max_events: int = Field(
-        100_000, ge=1, description="Events held while Redis is unavailable; oldest dropped beyond."
+        100_000,
+        ge=1,
+        le=100_000_000,
+        description="Events held while Redis is unavailable; oldest dropped beyond.",
     )
     buffer_max_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Bytes held while Redis is unavailable."
+        64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="Bytes held while Redis is unavailable.",
     )
     session_id: str = Field(
         # The random part: two containers can share a hostname and both run as pid 1.
@@ -155,10 +196,14 @@ class Settings(BaseSettings):
     max_streams: int = Field(
         10_000,
         ge=1,
+        le=1_000_000,
         description="Most distinct candle/quote streams; frames for more are dead-lettered.",
     )
     dedupe_window: int = Field(
-        100_000, ge=0, description="Recent event ids remembered to drop re-deliveries (0: off)."
+        100_000,
+        ge=0,
+        le=10_000_000,
+        description="Recent event ids remembered to drop re-deliveries (0: off).",
     )
 
     # -- Acknowledgement ----------------------------------------------------------------------
@@ -174,13 +219,29 @@ class Settings(BaseSettings):
         "symbols=AAPL,MSFT]' (a group waits the engine only for entries it reads).",
     )
     consumer_ack_timeout: float = Field(
-        0.0, ge=0, description="Seconds to wait for group confirmation before the policy (0: none)."
+        0.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="Seconds to wait for group confirmation before the policy (0: none).",
     )
     consumer_timeout_policy: Literal["hold", "release"] = Field(
         "hold", description="On timeout: hold (keep waiting, flagged) or release (ack, counted)."
     )
+    consumer_stall_warning: float = Field(
+        3.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a stored step may wait for its consumer groups before a warning "
+        "(repeated every 10 s) names them and /readyz turns false until they confirm.",
+    )
     consumer_check_interval: float = Field(
-        0.05, gt=0, description="Seconds between checks of group positions (plain XACK users)."
+        0.05,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="Seconds between checks of group positions (plain XACK users).",
     )
 
     # -- Operations ---------------------------------------------------------------------------
@@ -199,7 +260,11 @@ class Settings(BaseSettings):
         "auto", description="auto: uvloop when installed (faster I/O), else asyncio's own."
     )
     shutdown_timeout: float = Field(
-        10.0, gt=0, description="Seconds a graceful stop may take to flush and ack."
+        10.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a graceful stop may take to flush and ack.",
     )
 
     @field_validator("api_key")
@@ -511,12 +576,19 @@ def _plain(message: str) -> str:
     return message.replace("Input should be", "expected").replace("input should be", "expected")
 
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+def load_settings(overrides: dict[str, Any] | None = None, *, strict: bool = True) -> Settings:
     """Build settings from the environment plus ``overrides`` (command-line flags).
 
-    Raises :class:`ConfigError` with a user-facing message on any invalid value.
+    Raises :class:`ConfigError` with a user-facing message on any invalid value, and (with
+    ``strict``) on a ``CONNECTOR_*`` variable that names no setting: a misspelt variable is a
+    mistake to report, not a default to run on (``CONNECTOR_REDIS_URI`` would otherwise leave
+    the connector on whatever Redis answers on localhost).
     """
     overrides = overrides or {}
+    if strict:
+        unknown = unknown_variables()
+        if unknown:
+            raise ConfigError(describe_unknown(unknown))
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -525,3 +597,44 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
     settings.resolved_api_key()
     settings.resolved_redis_password()
     return settings
+
+
+# Variables Kubernetes sets for a Service named "connector" (service links): not settings.
+_SERVICE_LINK = re.compile(
+    r"CONNECTOR_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
+)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """``CONNECTOR_*`` variables that name no setting, each with the closest setting's name."""
+    names = [env_name(field) for field in Settings.model_fields]
+    found = []
+    for variable in sorted(os.environ if environ is None else environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in names or _SERVICE_LINK.fullmatch(upper):
+            continue
+        close = difflib.get_close_matches(upper, names, n=1, cutoff=0.75)
+        found.append((variable, close[0] if close else None))
+    return found
+
+
+def describe_unknown(unknown: list[tuple[str, str | None]]) -> str:
+    return "; ".join(
+        f"{variable}: unknown setting" + (f" (did you mean {close}?)" if close else "")
+        for variable, close in unknown
+    )
+
+
+def setting_sources(
+    overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Where each setting's value comes from: the flag, the variable, or ``default``."""
+    present = {name.upper() for name in (os.environ if environ is None else environ)}
+    return {
+        field: "--" + field.replace("_", "-")
+        if field in overrides
+        else env_name(field)
+        if env_name(field) in present
+        else "default"
+        for field in Settings.model_fields
+    }

@@ -77,6 +77,7 @@ class ConsumerGate:
         policy: str,
         check_interval: float,
         known_streams: set[str],
+        stall_after: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
         wire: Callable[[], Awaitable[WireConnection]] | None = None,
     ) -> None:
@@ -91,7 +92,10 @@ class ConsumerGate:
         self._timeout = timeout
         self._policy = policy
         self._check_interval = check_interval
+        self._stall_after = stall_after
         self._known_streams = known_streams
+        # What the last checks saw of each group: consumers, pending, lag (None: unknown).
+        self._seen: dict[str, tuple[int, int, int | None]] = {}
         self._clock = clock
         self._wire = wire
         self._ledger = Ledger(readers.of)
@@ -134,6 +138,28 @@ class ConsumerGate:
     def overdue(self) -> bool:
         """True while a batch is held past the timeout under the ``hold`` policy."""
         return self._ledger.overdue
+
+    def stall(self) -> str | None:
+        """Why the engine waits, when a stored batch has waited ``stall_after`` or longer for
+        confirmations (``None`` otherwise): the groups, and what their state says."""
+        waited = self._ledger.oldest_wait(self._clock())
+        if waited < self._stall_after:
+            return None
+        reasons = "; ".join(self._describe(group) for group in sorted(self._ledger.blocking()))
+        return f"a stored step has waited {waited:.1f} s for its consumer groups: {reasons}"
+
+    def _describe(self, group: str) -> str:
+        seen = self._seen.get(group)
+        if seen is None:
+            return f"group {group} (not checked yet)"
+        consumers, pending, lag = seen
+        if consumers == 0:
+            return f"no consumer has joined group {group}"
+        waiting = "" if lag is None else f", {lag} not delivered yet"
+        return (
+            f"group {group}: {consumers} consumer{'s' if consumers != 1 else ''}, {pending} "
+            f"delivered and not confirmed{waiting}"
+        )
 
     async def wait_confirmed(self) -> None:
         """Until nothing is held (used when draining)."""
@@ -278,6 +304,9 @@ class ConsumerGate:
             self._schedule_after_check()
             self._apply_timeouts()
             await self._release_ready()
+            stall = self.stall()
+            if stall is not None:
+                self._log.warning("stall", stall)
 
     def _polled_groups(self) -> set[str]:
         return set(self._groups) - self._notifying
@@ -341,8 +370,11 @@ class ConsumerGate:
         results = iter(await self._query(commands))
         missing: list[tuple[str, str, str]] = []
         now = self._clock()
+        seen: dict[str, tuple[int, int, int | None]] = {}
         for stream, pairs in plan:
-            delivered = self._delivered_positions(next(results))
+            info = next(results)
+            self._note_state(info, seen)
+            delivered = self._delivered_positions(info)
             for group, span in pairs:
                 pending = next(results)
                 position = delivered.get(group)
@@ -355,8 +387,27 @@ class ConsumerGate:
                     for stored_at in confirmed.settled:
                         self._learn(group, stored_at, now)
                     self.checked += self._count(confirmed)
+        self._seen.update(seen)
         if missing:
             await self._recreate(missing)
+
+    def _note_state(self, info: Any, seen: dict[str, tuple[int, int, int | None]]) -> None:
+        """Add one stream's XINFO GROUPS to ``seen``: consumers (the most on any stream),
+        pending and lag (summed over the streams)."""
+        if isinstance(info, Exception) or not isinstance(info, list):
+            return
+        for row in info:
+            fields = _fields(row)
+            group = self._group_bytes.get(fields.get("name", b""))
+            if group is None:
+                continue
+            consumers, pending, lag = seen.get(group, (0, 0, 0))
+            row_lag = fields.get("lag")
+            seen[group] = (
+                max(consumers, int(fields.get("consumers") or 0)),
+                pending + int(fields.get("pending") or 0),
+                None if lag is None or row_lag is None else lag + int(row_lag),
+            )
 
     async def _query(self, commands: list[list[Arg]]) -> list[Any]:
         """One round trip: on a connection of our own where there is one (hand-encoded, replies

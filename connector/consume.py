@@ -1,9 +1,19 @@
 """Example downstream consumer: join a consumer group on the connector's streams and confirm.
 
-Prints each event (``--print``) or just counts them, and can play a slow consumer (``--delay``) or
-a failing one (``--fail-rate``: the handler raises, the batch stays pending and is retried;
-``--crash-after``: the process dies with its current batch unconfirmed, for another member to
-claim). Redis and the prefix come from CONNECTOR_REDIS_URL and CONNECTOR_STREAM_PREFIX unless given.
+Prints each event (--print) or just counts them, and can play a slow consumer (--delay) or a
+failing one (--fail-rate: the handler raises and the entries are retried; --crash-after: the
+process dies with its current batch unconfirmed, for another member to claim).
+
+Redis and the prefix come from the same settings as `connector run` (CONNECTOR_REDIS_URL,
+CONNECTOR_REDIS_USERNAME, CONNECTOR_REDIS_PASSWORD[_FILE], CONNECTOR_REDIS_CA_FILE,
+CONNECTOR_STREAM_PREFIX, CONNECTOR_LOG_LEVEL, ...), with the same rules; --redis-url and
+--prefix override them. It waits, and says so, while Redis does not answer or the prefix has no
+streams yet. Exit codes: 0 stopped (SIGTERM/SIGINT, --max-events, --until-complete), 2 bad
+options or configuration (including credentials Redis refuses).
+
+examples:
+  connector consume --group risk --print
+  connector consume --group signals --types candle --symbols AAPL,MSFT --max-events 100
 """
 
 from __future__ import annotations
@@ -15,14 +25,20 @@ import os
 import random
 import signal
 import sys
-
-from redis.asyncio import Redis
+import time
 
 from connector import loop
+from connector.cli import config_error
+from connector.config import ConfigError, Settings, load_settings
 from connector.consumer import GroupConsumer, Message, default_name
+from connector.groups import GROUP_NAME, STREAM_TYPES
 from connector.logs import setup_logging
+from connector.redis_client import RedisClient, configuration_problem, make_redis
+from connector.streams import StreamKeys
 
 log = logging.getLogger("connector.consume")
+
+WAIT_NOTICE_S = 30.0  # while waiting for Redis or for streams, say so this often
 
 
 class InjectedFailure(Exception):
@@ -30,74 +46,186 @@ class InjectedFailure(Exception):
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    parser.add_argument("--group", required=True, help="consumer group to join")
+    parser.add_argument("--group", required=True, help="consumer group to join (created if new)")
     parser.add_argument("--name", default=None, help="member name (default: host-pid)")
+    parser.add_argument("--redis-url", default=None, help="default: CONNECTOR_REDIS_URL")
+    parser.add_argument("--prefix", default=None, help="default: CONNECTOR_STREAM_PREFIX (md)")
     parser.add_argument(
-        "--redis-url", default=env("CONNECTOR_REDIS_URL", "redis://localhost:6379/0")
+        "--log-level",
+        default=None,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="default: CONNECTOR_LOG_LEVEL (INFO)",
     )
-    parser.add_argument("--prefix", default=env("CONNECTOR_STREAM_PREFIX", "md"))
     parser.add_argument("--symbols", default="", help="comma list (default: every symbol)")
-    parser.add_argument("--types", default="", help="comma list, e.g. candle,quote (default: all)")
-    parser.add_argument("--start-id", default="$", help="where a new group starts: $ (new) or 0")
-    parser.add_argument("--batch", type=int, default=256, help="entries per read")
+    parser.add_argument(
+        "--types",
+        default="",
+        help=f"comma list of stream types (default: all): {', '.join(STREAM_TYPES)}",
+    )
+    parser.add_argument(
+        "--start-id",
+        default="$",
+        help="where a new group starts: $ (entries written from now on) or 0 (the beginning)",
+    )
+    parser.add_argument("--batch", type=int, default=256, help="entries per read (default 256)")
     parser.add_argument(
         "--claim-idle-ms",
         type=int,
         default=30_000,
-        help="claim entries another member left pending this long",
+        help="claim entries another member left pending this long (default 30000)",
+    )
+    parser.add_argument(
+        "--max-deliveries",
+        type=int,
+        default=5,
+        help="deliveries after which an entry goes to <prefix>:deadletter:<group> (default 5)",
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds of 'work' per batch")
     parser.add_argument(
         "--fail-rate",
         type=float,
         default=0.0,
-        help="probability that a batch fails (it is retried later)",
+        help="probability that handling a batch fails (its entries are retried)",
     )
     parser.add_argument(
         "--crash-after",
         type=int,
         default=0,
-        help="die without confirming once this many events were seen",
+        help="die without confirming once this many events were seen (exit 3)",
     )
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="seed of --fail-rate's draws")
     parser.add_argument("--print", dest="print_events", action="store_true", help="print events")
-    parser.add_argument("--max-events", type=int, default=0, help="stop after this many events")
     parser.add_argument(
-        "--until-complete", action="store_true", help="stop after processing backtest_complete"
+        "--max-events", type=int, default=0, help="stop after handling exactly this many"
+    )
+    parser.add_argument(
+        "--until-complete", action="store_true", help="stop after handling backtest_complete"
     )
     parser.add_argument(
         "--no-notify",
         action="store_true",
-        help="plain XACK only (the connector then notices by checking)",
-    )
-    parser.add_argument("--log-level", default=env("CONNECTOR_LOG_LEVEL", "INFO"))
-    parser.add_argument(
-        "--log-format",
-        default=env("CONNECTOR_LOG_FORMAT", "auto"),
-        choices=("auto", "json", "text"),
+        help="plain XACK only (the connector then notices by checking group state)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level.upper(), args.log_format)
-    return loop.run(_consume(args), os.environ.get("CONNECTOR_EVENT_LOOP", "auto"))
+    try:
+        settings = _settings(args)
+        types = _types(args.types)
+    except (ConfigError, ValueError) as exc:
+        return config_error(exc)
+    setup_logging(settings.log_level, settings.log_format, settings.secrets())
+    try:
+        return loop.run(_consume(args, settings, types), settings.event_loop)
+    except ConfigError as exc:
+        return config_error(exc)
 
 
-async def _consume(args: argparse.Namespace) -> int:
-    redis = Redis.from_url(args.redis_url, socket_connect_timeout=5)
-    consumer = GroupConsumer(
-        redis,
-        args.group,
-        args.name or default_name(),
-        prefix=args.prefix,
-        types=_split(args.types),
-        symbols=_split(args.symbols),
-        batch_size=args.batch,
-        claim_idle_ms=args.claim_idle_ms,
-        start_id=args.start_id,
-        notify=not args.no_notify,
+def _settings(args: argparse.Namespace) -> Settings:
+    """The service's settings model, with this command's overrides: one set of rules."""
+    if not GROUP_NAME.fullmatch(args.group):
+        raise ConfigError(
+            f"--group: {args.group!r} must be 1-64 characters of letters, digits and _ . : -"
+        )
+    for option in ("batch", "claim_idle_ms", "max_deliveries"):
+        if getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')}: must be at least 1")
+    if args.max_events < 0 or args.crash_after < 0 or args.delay < 0:
+        raise ConfigError("--max-events, --crash-after and --delay cannot be negative")
+    overrides = {
+        "redis_url": args.redis_url,
+        "stream_prefix": args.prefix,
+        "log_level": args.log_level,
+    }
+    return load_settings({key: value for key, value in overrides.items() if value is not None})
+
+
+def _types(text: str) -> list[str] | None:
+    types = _split(text)
+    unknown = sorted(set(types or ()) - set(STREAM_TYPES))
+    if unknown:
+        raise ValueError(
+            f"--types: {unknown[0]!r} is not a stream type (one of {', '.join(STREAM_TYPES)})"
+        )
+    return types
+
+
+async def _consume(args: argparse.Namespace, settings: Settings, types: list[str] | None) -> int:
+    redis = make_redis(settings)
+    try:
+        await _until_answering(redis, settings)
+        consumer = GroupConsumer(
+            redis,
+            args.group,
+            args.name or default_name(),
+            prefix=settings.stream_prefix,
+            types=types,
+            symbols=_split(args.symbols),
+            batch_size=args.batch,
+            claim_idle_ms=args.claim_idle_ms,
+            max_deliveries=args.max_deliveries,
+            start_id=args.start_id,
+            notify=not args.no_notify,
+        )
+        await _until_streams(redis, settings.stream_prefix)
+        await _run(args, consumer)
+    finally:
+        await redis.aclose()
+    stats = consumer.stats
+    print(
+        f"processed {stats.processed} events ({_counts(stats.by_type)}); "
+        f"claimed {stats.claimed}; failed batches {stats.failed_batches}; "
+        f"dead-lettered {stats.dead_lettered}",
+        file=sys.stderr,
     )
+    return 0
+
+
+async def _until_answering(redis: RedisClient, settings: Settings) -> None:
+    """Wait while Redis does not answer (said every WAIT_NOTICE_S); credentials or a database
+    it refuses are a configuration error."""
+    last = float("-inf")
+    while True:
+        try:
+            await redis.ping()
+            return
+        except Exception as exc:  # not answering yet, or refusing us
+            problem = configuration_problem(exc)
+            if problem is not None:
+                raise ConfigError(f"CONNECTOR_REDIS_URL: {problem}") from None
+            if time.monotonic() - last >= WAIT_NOTICE_S:
+                last = time.monotonic()
+                log.warning("Redis is not answering; retrying", extra={"error": str(exc)[:200]})
+        await asyncio.sleep(1.0)
+
+
+async def _until_streams(redis: RedisClient, prefix: str) -> None:
+    """A wrong --prefix must not look like a quiet market: say so while the registry is empty."""
+    registry = StreamKeys(prefix).registry
+    last = float("-inf")
+    while not await redis.exists(registry):
+        if time.monotonic() - last >= WAIT_NOTICE_S:
+            last = time.monotonic()
+            log.warning(
+                "no streams under this prefix yet (its registry is empty); waiting for a "
+                "connector to write some (is the prefix right?)",
+                extra={"prefix": prefix, "registry": registry},
+            )
+        await asyncio.sleep(1.0)
+
+
+async def _say_while_idle(consumer: GroupConsumer) -> None:
+    """Streams exist, but none of the selected types or symbols: say so, now and then."""
+    while not consumer.streams:
+        await asyncio.sleep(WAIT_NOTICE_S)
+        if not consumer.streams:
+            log.warning(
+                "no stream under the prefix matches --types/--symbols yet; waiting",
+                extra={"prefix": consumer.keys.prefix},
+            )
+
+
+async def _run(args: argparse.Namespace, consumer: GroupConsumer) -> None:
     rng = random.Random(args.seed)
     seen = 0
 
@@ -117,26 +245,19 @@ async def _consume(args: argparse.Namespace) -> int:
                 print(_line(message), flush=True)
             if args.until_complete and message.type == "backtest_complete":
                 consumer.stop()
-        if args.max_events and consumer.stats.processed + len(batch) >= args.max_events:
-            consumer.stop()
 
-    loop = asyncio.get_running_loop()
+    running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
+        running.add_signal_handler(sig, consumer.stop)
     log.info(
-        "consuming", extra={"group": args.group, "member": consumer.name, "prefix": args.prefix}
+        "consuming",
+        extra={"group": args.group, "member": consumer.name, "prefix": consumer.keys.prefix},
     )
+    idle = asyncio.create_task(_say_while_idle(consumer))
     try:
-        await consumer.run(handle)
+        await consumer.run(handle, limit=args.max_events or None)
     finally:
-        await redis.aclose()
-    stats = consumer.stats
-    print(
-        f"processed {stats.processed} events ({_counts(stats.by_type)}); "
-        f"claimed {stats.claimed}; failed batches {stats.failed_batches}",
-        file=sys.stderr,
-    )
-    return 0
+        idle.cancel()
 
 
 def _split(text: str) -> list[str] | None:

@@ -163,6 +163,7 @@ class GroupConsumer:
         self._shards: dict[int, list[str]] = {}  # hash slot (0 on one node) -> its streams
         self._readers: dict[int, asyncio.Task[None]] = {}
         self._reading = False  # readers start once this member's own pending entries are done
+        self._limit: int | None = None  # entries to handle before stopping (run's limit)
         self._processing = asyncio.Lock()
         self._pending: list[Message] = []
         self._ready = asyncio.Event()
@@ -188,8 +189,11 @@ class GroupConsumer:
         self._ready.set()
         self._room.set()  # readers waiting to deliver: finish, so what they read is processed
 
-    async def run(self, handler: Handler) -> None:
-        """Read, process and confirm until :meth:`stop`."""
+    async def run(self, handler: Handler, limit: int | None = None) -> None:
+        """Read, process and confirm until :meth:`stop` (or ``limit`` entries were handled:
+        entries read beyond it stay pending for this member, handed over on its next start or
+        to another member after ``claim_idle_ms``)."""
+        self._limit = limit
         if self._fixed is not None:
             await self._join(self._fixed)
         else:
@@ -222,7 +226,7 @@ class GroupConsumer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            while self._pending:
+            while self._pending and self._room_left():
                 batch = self._take()
                 await self._process(batch, handler)
             for wire in list(self._wires.values()):
@@ -243,6 +247,8 @@ class GroupConsumer:
                 # add their entries, and the whole write is processed and confirmed at once.
                 await asyncio.sleep(0)
                 await self._process(self._take(), handler)
+                if not self._room_left():
+                    self.stop()  # the limit is reached
             if self._dead:
                 await self._bury()
             if time.monotonic() >= next_claim:
@@ -252,8 +258,13 @@ class GroupConsumer:
                 except Exception as exc:  # the next cycle tries again
                     self._log.warning("claim", "consumer: claiming failed", error=str(exc)[:200])
 
+    def _room_left(self) -> int:
+        if self._limit is None:
+            return self._batch
+        return max(0, min(self._batch, self._limit - self.stats.processed))
+
     def _take(self) -> list[Message]:
-        batch = self._pending[: self._batch]
+        batch = self._pending[: self._room_left()]
         del self._pending[: len(batch)]
         self._room.set()
         return batch
@@ -425,9 +436,11 @@ class GroupConsumer:
                 reply = await self.redis.xreadgroup(
                     self.group, self.name, dict.fromkeys(streams, "0"), count=self._batch
                 )
-                messages = self._messages(reply)
+                messages = self._messages(reply)[: self._room_left()]
                 if self._dead:
                     await self._bury()
+                if not self._room_left():
+                    break
                 if not messages:
                     if _entry_count(reply):
                         continue  # undecodable ones only: dead-lettered, read on
@@ -571,7 +584,8 @@ class GroupConsumer:
                     return
         self.stats.confirmed += len(messages)
         for stream, ids in by_stream.items():
-            self._confirmed_upto[stream] = max(ids, key=_id_key)
+            # A batch holds each stream's entries in stream order (reads, or one claim).
+            self._confirmed_upto[stream] = ids[-1]
         if self._on_confirmed is not None:
             self._on_confirmed(messages)
 
@@ -733,8 +747,3 @@ def _entry_count(reply: Any) -> int:
     if isinstance(reply, dict):
         reply = list(reply.items())
     return sum(len(rows) for _, rows in reply or [])
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

@@ -104,6 +104,7 @@ class Publisher:
         self._failed_attempts = 0
         self._drop_log = RateLimitedLog(log, interval=10.0)
         self._clashes_seen = 0
+        self.last_error = ""  # of the last failed write, for /readyz
         self._published = metrics.published_by_type
         metrics.buffered_events.read = lambda: self.buffered
         metrics.buffered_bytes.read = lambda: self._pending_bytes + self._inflight_bytes
@@ -170,8 +171,8 @@ class Publisher:
             self._on_dropped(ids)
 
     def forget_ids(self) -> None:
-        """A new connection: the server never re-sends what it sent before (PROTOCOL.md), so ids
-        seen on earlier connections say nothing about the new one's (a restarted engine may
+        """A new connection: the server never re-sends what it sent before (docs/protocol.md), so
+        ids seen on earlier connections say nothing about the new one's (a restarted engine may
         number its events from the start again). Re-deliveries still queued from the last
         connection are no longer matched to an id of the new one."""
         self._recent.clear()
@@ -318,6 +319,7 @@ class Publisher:
 
     def _write_failed(self, exc: BaseException, events: int) -> None:
         """Count every failure; log the first of an incident, and its end (in ``_store``)."""
+        self.last_error = _describe(exc)
         self._metrics.publish_errors.inc()
         self._metrics.redis_up.set(0)
         self._failed_attempts += 1

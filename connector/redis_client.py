@@ -16,6 +16,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.credentials import CredentialProvider
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+)
 
 from connector.config import Settings, split_credentials
 
@@ -79,3 +84,25 @@ def make_redis(settings: Settings) -> RedisClient:
 
 def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
+
+
+def configuration_problem(exc: BaseException) -> str | None:
+    """What is wrong with the configuration when Redis refuses us for good (credentials, a
+    database that does not exist, a user without the needed permission); None when the error
+    may pass by itself (Redis not answering yet, loading, a failover)."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError) or (
+        text.startswith(("WRONGPASS", "NOAUTH", "invalid password", "invalid username"))
+    ):
+        return (
+            "Redis refused the credentials; check CONNECTOR_REDIS_USERNAME and "
+            "CONNECTOR_REDIS_PASSWORD (or _FILE, or the URL's user:password)"
+        )
+    if "DB index is out of range" in text or "invalid DB index" in text:
+        return "Redis has no such database; check the number at the end of CONNECTOR_REDIS_URL"
+    if isinstance(exc, NoPermissionError) or text.startswith("NOPERM"):
+        return (
+            f"the Redis user may not run a command the connector needs ({text[:120]}); "
+            "see docs/deploy.md, 'Redis access'"
+        )
+    return None

@@ -19,9 +19,10 @@ REGISTRY_MAXLEN = 100_000  # above CONNECTOR_MAX_STREAMS, with room for restarts
 class StreamProvisioner:
     """The writer's ``provision`` hook: groups and a registry entry for each new stream."""
 
-    def __init__(self, keys: StreamKeys, readers: Readers) -> None:
+    def __init__(self, keys: StreamKeys, readers: Readers, run_id: str = "") -> None:
         self._keys = keys
         self._readers = readers
+        self._run_id = run_id
         # Where new groups start. "$" (just before this connector's next entry) normally; "0"
         # after Redis lost its data: every stream then holds only entries written since, which
         # no consumer has seen, including those written before the loss was noticed.
@@ -40,5 +41,7 @@ class StreamProvisioner:
             entry += ["symbol", info.symbol]
         if info is not None and info.timeframe is not None:
             entry += ["timeframe", info.timeframe]
+        if self._run_id:
+            entry += ["run", self._run_id]  # which run wrote the stream (runs share a prefix)
         commands.append(["XADD", self._keys.registry, "MAXLEN", "~", REGISTRY_MAXLEN, "*", *entry])
         return commands

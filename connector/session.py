@@ -39,6 +39,8 @@ T = TypeVar("T")
 HARD_FRAME_FACTOR = 8
 # Frames handled between yields to the event loop while frames keep arriving.
 YIELD_EVERY = 128
+# While the Trading API cannot be reached, a warning this often (the attempts between: debug).
+WARNING_EVERY_S = 30.0
 
 
 class SessionHandler(Protocol):
@@ -106,7 +108,9 @@ class Session:
         self._ws: ClientConnection | None = None
         self._ever_connected = False
         self._failures = 0  # consecutive failed attempts in the current incident
+        self._last_warning = float("-inf")  # when a failure was last logged as a warning
         self.connections = 0  # successful connections, for tests and the demo
+        self.status = "not started"  # what the session is doing, for /readyz
 
     @property
     def connected(self) -> bool:
@@ -117,6 +121,7 @@ class Session:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect and read until ``stop`` is set. The open connection is left for :meth:`close`."""
         gap_started: float | None = None
+        self.status = f"connecting to {mask_url(self._settings.api_url)}"
         while not stop.is_set():
             try:
                 ws = await _until_stopped(self._connect(), stop)
@@ -147,6 +152,7 @@ class Session:
             extra={"url": mask_url(self._settings.api_url), "after_failures": self._failures},
         )
         self._failures = 0
+        self.status = "connected"
         await self._handler.on_connected(gap_started)
 
         reader = asyncio.create_task(self._read(ws), name="session-read")
@@ -172,6 +178,7 @@ class Session:
         if self._clock() - connected_at >= self._settings.reconnect_reset_after:
             self._backoff.reset()
         log.warning("disconnected from the Trading API", extra={"reason": drop.reason})
+        self.status = f"disconnected ({drop.reason}); reconnecting"
         self._handler.on_disconnected(drop.reason, drop.server_closed)
         return False
 
@@ -289,8 +296,10 @@ class Session:
     def _connect_failed(self, exc: ConnectFailed) -> float:
         self._failures += 1
         self._metrics.connect_failures.labels(exc.reason).inc()
+        url = mask_url(self._settings.api_url)
         if exc.reason == "auth":
             # The key is wrong or missing: say so every time, and never retry quickly.
+            delay = self._settings.reconnect_max_delay
             message = (
                 "the Trading API refused the credentials; check CONNECTOR_API_KEY"
                 if exc.status is not None
@@ -298,20 +307,30 @@ class Session:
             )
             log.error(
                 message,
+                extra={"url": url, "status": exc.status, "error": exc.detail, "retry_in_s": delay},
+            )
+        else:
+            delay = self._backoff.next()
+            # Loud enough to notice, not a flood: the first failure of an incident, then one
+            # line every WARNING_EVERY_S while it lasts (the rest at debug).
+            now = self._clock()
+            loud = self._failures == 1 or now - self._last_warning >= WARNING_EVERY_S
+            if loud:
+                self._last_warning = now
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
+                "cannot connect to the Trading API; retrying",
                 extra={
-                    "status": exc.status,
+                    "url": url,
+                    "attempt": self._failures,
+                    "reason": exc.reason,
                     "error": exc.detail,
-                    "retry_in_s": self._settings.reconnect_max_delay,
+                    "retry_in_s": round(delay, 3),
                 },
             )
-            return self._settings.reconnect_max_delay
-        delay = self._backoff.next()
-        # Once per incident at warning level; the repeats only at debug.
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
-        log.log(
-            level,
-            "cannot connect to the Trading API; retrying",
-            extra={"reason": exc.reason, "error": exc.detail, "retry_in_s": round(delay, 3)},
+        self.status = (
+            f"connecting to {url}: attempt {self._failures} failed ({exc.reason}: "
+            f"{exc.detail[:120]}); next in {delay:.1f} s"
         )
         return delay
 

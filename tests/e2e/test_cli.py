@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
+from connector.cli import build_parser
 from connector.config import Settings, env_name
 from tests.support.processes import clean_env
 from tests.support.redis_server import RedisServer, free_port
@@ -100,8 +102,12 @@ def test_print_config_masks_secrets() -> None:
     result = connector("run", "--print-config", env=env)
     assert result.returncode == 0
     shown = json.loads(result.stdout)
-    assert shown["api_key"] == "***"
-    assert shown["redis_url"] == "redis://u:***@h:1/0"
+    assert shown["settings"]["api_key"] == "***"
+    assert shown["settings"]["redis_url"] == "redis://u:***@h:1/0"
+    # Where each value came from, so an operator sees which variable won.
+    assert shown["sources"]["api_key"] == "CONNECTOR_API_KEY"
+    assert shown["sources"]["ping_interval"] == "default"
+    assert shown["unknown_variables"] == {}
     assert "secret" not in result.stdout
 
 
@@ -217,3 +223,32 @@ def test_consume_reads_confirms_and_stops(redis_server: RedisServer) -> None:
         assert redis.xpending("md:{AAPL}:quote", "g")["pending"] == 0
     finally:
         redis.close()
+
+
+def _options_without_help(parser: argparse.ArgumentParser, path: str) -> Iterator[str]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options_without_help(sub, f"{path} {name}")
+        elif action.option_strings and not action.help and action.dest != "help":
+            yield f"{path} {'/'.join(action.option_strings)}"
+
+
+def test_every_option_of_every_command_has_a_help_text() -> None:
+    assert list(_options_without_help(build_parser(), "connector")) == []
+
+
+def test_top_level_help_has_examples_and_points_to_the_docs() -> None:
+    result = connector("--help")
+    assert result.returncode == 0
+    for command in ("run", "simulate", "consume", "demo", "streams", "bench"):
+        assert command in result.stdout
+    assert "docs/" in result.stdout
+    assert "connector run --print-config" in result.stdout
+
+
+def test_run_help_shows_choices_and_switches_once_each() -> None:
+    text = connector("run", "--help").stdout
+    assert "--mode {backtest,live}" in text
+    assert "--redis-cluster, --no-redis-cluster" in text
+    assert text.count("\n  --ping-interval") == 1  # listed once (and in the usage line)

@@ -118,7 +118,7 @@ async def test_a_frozen_redis_is_an_outage_and_the_session_keeps_reading(
 ) -> None:
     """Redis connected but silent (SIGSTOP): the write times out, the events are held, and the
     session keeps reading meanwhile, because the server drops frames for a client that stops
-    (PROTOCOL.md). When Redis wakes up everything is stored once, in order."""
+    (docs/protocol.md). When Redis wakes up everything is stored once, in order."""
     config = SimConfig(mode="live", symbols=("AAPL", "MSFT"), rate=800.0)
     async with (
         Simulator(config) as sim,

@@ -181,7 +181,7 @@ async def test_secrets_never_appear_in_logs_metrics_errors_or_config(
     assert "connector_connect_failures_total" in everything
     for secret in secrets:
         assert secret not in everything
-    assert json.loads(printed_out)["api_key"] == "***"
+    assert json.loads(printed_out)["settings"]["api_key"] == "***"
 
 
 def fetch(url: str) -> str:

@@ -307,3 +307,34 @@ async def test_redis_losing_its_data_gets_streams_groups_and_registry_again(
             assert delivered[0][1][0][0] == first_id
     finally:
         await redis.aclose()
+
+
+async def test_a_step_held_by_a_group_nobody_joined_is_loud(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The likeliest first mistake: consumer-ack mode with the group's service not started.
+    With the default settings a warning names the group and why within seconds, and /readyz
+    says the same; once the consumer starts, the run completes and readiness returns."""
+    url = redis_server.url
+    caplog.set_level("WARNING", logger="connector.confirm")
+    async with (
+        Simulator(backtest(10, step_timeout=60.0)) as sim,
+        run_connector(
+            sim, url, mode="backtest", ack_mode="consumer", consumer_groups="risk"
+        ) as app,
+    ):
+
+        def warned() -> bool:
+            return any(
+                "no consumer has joined group risk" in r.getMessage() for r in caplog.records
+            )
+
+        await wait_until(warned)
+        status = await app.connector.readiness()
+        assert not status.ready
+        assert status.checks["consumers"] is False
+        assert "no consumer has joined group risk" in status.detail["consumers"]
+        assert sim.record.acks == []
+        async with consuming(url, "risk", "r1", start_id="0"):
+            assert await app.exit_code() == 0
+    assert sim.record.outcome == "completed"

@@ -56,6 +56,10 @@ async def test_a_second_connector_on_the_same_prefix_waits_instead_of_mixing(
             state = second.connector.readiness_now()
             assert not state.ready
             assert state.detail["prefix"] == "stream prefix held by first"
+            # Not "not connected": it says what it is really waiting for.
+            assert state.detail["trading_api"] == (
+                "not started: waiting for the stream prefix lease"
+            )
             assert second_feed.record.connections == []  # never opened its session
             first.connector.request_stop("make room")
             assert await first.exit_code() == 0
