@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from connector.redis_errors import is_redirect
 from connector.resp import Endpoint, WireConnection
 
 Address = tuple[str, int]
@@ -33,7 +34,7 @@ def misdirected(reply: Any) -> bool:
     """A reply that says "not here" (MOVED/ASK), or none at all (the master failed): the entry
     goes through redis-py, which follows redirections and refreshes the slot map."""
     if isinstance(reply, ResponseError):
-        return str(reply).startswith(("MOVED", "ASK"))
+        return is_redirect(reply)
     return isinstance(reply, BaseException)
 
 

@@ -43,6 +43,7 @@ from connector.ledger import Confirmed, Ledger, Span, StreamId, id_below, id_tex
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
 from connector.redis_client import RedisClient
+from connector.redis_errors import is_busygroup
 from connector.resp import Arg, WireConnection, encode_command
 from connector.streams import Entry, StreamKeys
 
@@ -215,7 +216,7 @@ class ConsumerGate:
             try:
                 await self._redis.xgroup_create(self._keys.registry, group, id="0", mkstream=True)
             except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
+                if not is_busygroup(exc):
                     log.warning("cannot create group on the registry", extra={"error": str(exc)})
             except Exception as exc:  # a failed round trip must not end the loop
                 log.warning("cannot create group on the registry", extra={"error": str(exc)})
@@ -469,7 +470,7 @@ class ConsumerGate:
             pipe.xgroup_create(key, group, id=start, mkstream=True)
         results = await pipe.execute(raise_on_error=False)
         for (key, group, start), result in zip(missing, results, strict=True):
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+            if isinstance(result, Exception) and not is_busygroup(result):
                 self._log.warning(
                     "recreate", "cannot recreate group", stream=key, group=group, error=str(result)
                 )

@@ -55,6 +55,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from connector.logs import RateLimitedLog
+from connector.redis_errors import is_busygroup
 from connector.resp import Arg, Endpoint, WireConnection, encode_command
 from connector.streams import StreamInfo, StreamKeys, parse_key
 
@@ -672,7 +673,7 @@ class GroupConsumer:
             pipe.xgroup_create(stream, self.group, id=self._start_id, mkstream=True)
         results = await pipe.execute(raise_on_error=False)
         for result in results:
-            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+            if isinstance(result, Exception) and not is_busygroup(result):
                 raise result
         self._assign(streams)
 

@@ -23,6 +23,7 @@ from redis.exceptions import (
 )
 
 from connector.config import Settings, split_credentials
+from connector.redis_errors import error_code
 
 # What the connector and the consumer toolkit accept: a single node or a cluster.
 RedisClient = Redis | RedisCluster
@@ -91,8 +92,11 @@ def configuration_problem(exc: BaseException) -> str | None:
     database that does not exist, a user without the needed permission); None when the error
     may pass by itself (Redis not answering yet, loading, a failover)."""
     text = str(exc)
-    if isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError) or (
-        text.startswith(("WRONGPASS", "NOAUTH", "invalid password", "invalid username"))
+    code = error_code(exc)
+    if (
+        isinstance(exc, AuthenticationError | AuthenticationWrongNumberOfArgsError)
+        or code in ("WRONGPASS", "NOAUTH")
+        or text.startswith(("invalid password", "invalid username"))
     ):
         return (
             "Redis refused the credentials; check CONNECTOR_REDIS_USERNAME and "
@@ -100,7 +104,7 @@ def configuration_problem(exc: BaseException) -> str | None:
         )
     if "DB index is out of range" in text or "invalid DB index" in text:
         return "Redis has no such database; check the number at the end of CONNECTOR_REDIS_URL"
-    if isinstance(exc, NoPermissionError) or text.startswith("NOPERM"):
+    if isinstance(exc, NoPermissionError) or code == "NOPERM":
         return (
             f"the Redis user may not run a command the connector needs ({text[:120]}); "
             "see docs/deploy.md, 'Redis access'"

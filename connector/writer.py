@@ -28,33 +28,13 @@ from redis.exceptions import ResponseError
 from connector.cluster_wire import ClusterWire, misdirected
 from connector.logs import RateLimitedLog
 from connector.redis_client import RedisClient, is_cluster
+from connector.redis_errors import is_busygroup, is_id_too_small, is_transient, needs_reconnect
 from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 from connector.streams import Entry
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT_PREFIXES = (
-    "LOADING",
-    "READONLY",
-    "OOM",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "MASTERDOWN",
-    "BUSY",
-    "MOVED",
-    "ASK",
-    "MISCONF",
-    "NOREPLICAS",
-    "NOAUTH",
-    "NOPERM",
-    "WRONGPASS",
-)
 _MAX_ROUNDS = 5
-# Replies that say this connection is talking to the wrong server, or as the wrong user: a
-# primary that became a replica (failover behind a stable address), one still loading, a user
-# whose password was rotated. Only a new connection can get past them.
-_RECONNECT_PREFIXES = ("READONLY", "MASTERDOWN", "LOADING", "NOAUTH", "WRONGPASS", "EXECABORT")
-
 # Commands to run before the first write to a stream (consumer groups, the registry entry).
 Provision = Callable[[str], list[list[Arg]]]
 WireFactory = Callable[[], Awaitable[WireConnection]]
@@ -62,14 +42,6 @@ WireFactory = Callable[[], Awaitable[WireConnection]]
 
 class WriteError(Exception):
     """The batch is not (completely) stored; retrying the same batch is safe."""
-
-
-def is_id_too_small(exc: BaseException) -> bool:
-    return isinstance(exc, ResponseError) and "equal or smaller" in str(exc)
-
-
-def is_transient(exc: BaseException) -> bool:
-    return str(exc).startswith(_TRANSIENT_PREFIXES)
 
 
 class EntryIds:
@@ -220,7 +192,7 @@ class StreamWriter:
         failed = {
             owner
             for owner, reply in zip(owners, replies, strict=True)
-            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply)
+            if isinstance(reply, Exception) and not is_busygroup(reply)
         }
         fresh = {e.key for e in entries if e.key is not None} - failed
         self.known_streams.update(fresh)
@@ -239,7 +211,13 @@ class StreamWriter:
                 maxlen=self.maxlen,
                 approximate=True,
             )
-        return list(await pipe.execute(raise_on_error=False))
+        try:
+            return list(await pipe.execute(raise_on_error=False))
+        except ResponseError as exc:
+            # A transaction refused as a whole (a command refused while queued: OOM, NOPERM):
+            # redis-py raises that command's error; the own connection reports EXECABORT. Both
+            # are the same outcome: nothing stored, the batch is retried.
+            raise WriteError(f"transaction refused: {exc}") from exc
 
     def _encode_xadd(self, entry: Entry) -> bytes:
         """``XADD key [MAXLEN ~ n] id field value ...`` as RESP (the fields encoded once)."""
@@ -275,10 +253,7 @@ class StreamWriter:
         except BaseException:
             await self._drop_wire()
             raise
-        if any(
-            isinstance(reply, ResponseError) and str(reply).startswith(_RECONNECT_PREFIXES)
-            for reply in replies
-        ):
+        if any(isinstance(reply, ResponseError) and needs_reconnect(reply) for reply in replies):
             await self._drop_wire()  # the replies still count: the next attempt reconnects
         provisioning, replies = replies[: len(prepared)], replies[len(prepared) :]
         if not self.atomic:
@@ -317,7 +292,7 @@ class StreamWriter:
         failed = {
             owner
             for owner, reply in zip(owners, replies, strict=True)
-            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply)
+            if isinstance(reply, Exception) and not is_busygroup(reply)
         }
         self.known_streams.update(set(fresh) - failed)
 
