@@ -41,6 +41,7 @@ from connector.streams import SCHEMA_VERSION, Entry, StreamKeys
 from connector.writer import StreamWriter
 
 log = logging.getLogger(__name__)
+FORCED_STEP_S = 2.0  # releasing the lease on the way out: at most this long
 
 REDIS_CHECK_INTERVAL = 2.0
 EXIT_INCOMPLETE = 3  # a backtest run that did not complete (halted, interrupted, unacknowledged)
@@ -135,6 +136,8 @@ class Connector:
         self._redis_ok = False
         self._stop_reason = ""
         self._signals = 0
+        # A second stop signal: drain no longer, but still release the lease and close.
+        self._force_exit = asyncio.Event()
         self._failed = False  # a reason to exit non-zero even after a clean drain
         self._config_error: ConfigError | None = None  # found after start-up (Redis refuses)
         self._phase = "starting"  # before the session: what the connector waits for
@@ -237,19 +240,24 @@ class Connector:
                 if ended.exception() is not None:
                     log.error("internal task failed", exc_info=ended.exception())
                     code = 1
-            await self._drain(publisher, session)
+            if not await self._drain_unless_forced(publisher, session):
+                code = 1
         finally:
             if self.backtest is not None:
                 self.backtest.close()
             everything: list[asyncio.Task[Any]] = [*background, stop, session, publisher]
             for running in everything:
                 running.cancel()
+            # Bounded after a second signal: whatever does not end in time is left behind.
+            forced = self._force_exit.is_set()
+            await asyncio.wait(everything, timeout=FORCED_STEP_S if forced else None)
             for running in everything:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await running
+                if running.done() and not running.cancelled():
+                    running.exception()  # retrieved (a failure was logged where it happened)
             await self.ops.stop()
-            if self.lease is not None:
-                await self.lease.release()
+            if self.lease is not None:  # bounded: a forced stop must not wait on Redis long
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.lease.release(), FORCED_STEP_S)
             await self.writer.close()
             if self._owns_redis:
                 with contextlib.suppress(Exception):
@@ -312,11 +320,36 @@ class Connector:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
-        if self._signals > 1:
-            log.warning("second signal: exiting at once", extra={"signal": sig.name})
+        if self._signals == 2:
+            # Stop draining (what is buffered and the held acks are given up), but still
+            # release the stream-prefix lease and close the connections: the next connector
+            # on this prefix must not wait for the lease to expire.
+            log.warning("second signal: stopping without draining", extra={"signal": sig.name})
+            self._force_exit.set()
+        elif self._signals > 2:  # the clean-up itself hangs: the last resort
+            log.warning("third signal: exiting at once", extra={"signal": sig.name})
             logging.shutdown()
             os._exit(1)
         self.request_stop(f"signal {sig.name}")
+
+    async def _drain_unless_forced(
+        self, publisher: asyncio.Task[None], session: asyncio.Task[None]
+    ) -> bool:
+        """The drain, cut short by a second signal; False when it was."""
+        drain = asyncio.create_task(self._drain(publisher, session), name="drain")
+        forced = asyncio.create_task(self._force_exit.wait(), name="force-exit")
+        await asyncio.wait({drain, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if drain.done():
+            drain.result()
+            return True
+        drain.cancel()
+        await asyncio.wait({drain}, timeout=FORCED_STEP_S)
+        log.warning(
+            "drain cut short",
+            extra={"buffered": self.publisher.buffered, "unsent_acks": self.acknowledger.unsent},
+        )
+        return False
 
     async def _drain(self, publisher: asyncio.Task[None], session: asyncio.Task[None]) -> None:
         """Stop reading, store what is buffered, send the last acks, close with 1000."""

@@ -469,10 +469,6 @@ def check_api_key(key: str, source: str) -> None:
         )
 
 
-def _url_password(url: str) -> str | None:
-    return urlsplit(url).password
-
-
 def split_credentials(url: str) -> tuple[str, str | None, str | None, str]:
     """``(scheme, user, password, rest)`` of ``scheme://user:password@rest``.
 

@@ -308,11 +308,6 @@ def _remember_good(value: str) -> None:
     _KNOWN_GOOD.add(value)
 
 
-def is_valid_symbol(symbol: str) -> bool:
-    """True when ``symbol`` can be embedded in a stream key (see ``_KEY_PART``)."""
-    return _KEY_PART.fullmatch(symbol) is not None
-
-
 def _decimal(obj: dict[str, Any], name: str) -> str:
     value = obj.get(name)
     if not isinstance(value, str):

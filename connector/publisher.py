@@ -95,8 +95,6 @@ class Publisher:
         self._inflight_bytes = 0
         self._wake = asyncio.Event()
         self._give_up = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._closing = False
         self._abandon = False
         self._healthy = True
@@ -126,7 +124,6 @@ class Publisher:
         self._pending_bytes += entry.size
         if len(self._pending) > self._max_events or self._held_bytes > self._max_bytes:
             self._drop_oldest()
-        self._idle.clear()
         self._wake.set()
 
     def _drop_oldest(self) -> None:
@@ -225,7 +222,6 @@ class Publisher:
     async def _run(self) -> None:
         while True:
             if not self._pending:
-                self._idle.set()
                 if self._closing:
                     return
                 self._wake.clear()
@@ -362,10 +358,6 @@ class Publisher:
         self._closing = True
         self._give_up.set()
         self._wake.set()
-
-    async def wait_idle(self) -> None:
-        """Until everything submitted so far has been stored and handed to the ack gate."""
-        await self._idle.wait()
 
 
 def _describe(exc: BaseException) -> str:

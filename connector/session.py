@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
@@ -109,7 +108,7 @@ class Session:
         self._ever_connected = False
         self._failures = 0  # consecutive failed attempts in the current incident
         self._last_warning = float("-inf")  # when a failure was last logged as a warning
-        self.connections = 0  # successful connections, for tests and the demo
+        self.connections = 0  # successful connections (tests check a session was never dropped)
         self.status = "not started"  # what the session is doing, for /readyz
 
     @property
@@ -163,9 +162,13 @@ class Session:
         )
         for task in pending:
             task.cancel()
+        # asyncio.wait, not `await task` under suppress(CancelledError): that would also
+        # swallow a cancellation of this task itself (a forced stop) and carry on.
+        if pending:
+            await asyncio.wait(pending)
         for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled():
+                task.exception()  # retrieved: it ended while being cancelled
         if stopper in done:
             return True
 

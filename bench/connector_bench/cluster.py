@@ -41,11 +41,6 @@ class LocalCluster:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    @property
-    def master_nodes(self) -> list[Managed]:
-        # redis-cli --cluster create makes the first `masters` addresses the masters.
-        return self.nodes[: self.masters]
-
 
 def parse_cluster_info(info: object) -> dict[str, str]:
     """``CLUSTER INFO`` as a dict, whether redis-py parsed it already or returned the text."""
