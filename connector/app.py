@@ -21,24 +21,24 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from connector import __version__
-from connector.acks import AckGate, Acknowledger, ImmediateGate
-from connector.cluster_wire import ClusterWire
+from connector.acks.acknowledger import AckGate, Acknowledger, ImmediateGate
+from connector.acks.consumer_gate import ConsumerGate
 from connector.config import ConfigError, Settings, mask_url
-from connector.confirm import ConsumerGate
-from connector.groups import Readers
 from connector.http import OpsServer, Readiness
 from connector.launch import take_early_signals
-from connector.lease import PrefixLease
 from connector.metrics import EVENT_TYPES, Metrics
-from connector.publisher import Publisher
-from connector.redis_client import RedisClient, configuration_problem, make_redis
-from connector.registry import StreamProvisioner
-from connector.resp import WireConnection
-from connector.router import Router
-from connector.run import BacktestRun, Outcome
-from connector.session import WARNING_EVERY_S, Session
-from connector.streams import SCHEMA_VERSION, Entry, StreamKeys
-from connector.writer import StreamWriter
+from connector.streams.groups import Readers
+from connector.streams.lease import PrefixLease
+from connector.streams.publisher import Publisher
+from connector.streams.registry import StreamProvisioner
+from connector.streams.schema import SCHEMA_VERSION, Entry, StreamKeys
+from connector.streams.writer import StreamWriter
+from connector.trading.router import Router
+from connector.trading.run import BacktestRun, Outcome
+from connector.trading.session import WARNING_EVERY_S, Session
+from connector.wire.client import RedisClient, configuration_problem, make_redis
+from connector.wire.cluster import ClusterWire
+from connector.wire.resp import WireConnection
 
 log = logging.getLogger(__name__)
 FORCED_STEP_S = 2.0  # releasing the lease on the way out: at most this long
@@ -144,10 +144,12 @@ class Connector:
         self._redis_ever_ok = False
         self._redis_error = ""
         self._redis_warned = float("-inf")
-        self.outcome: Outcome | None = None  # how the backtest run ended (see connector.run)
+        self.outcome: Outcome | None = (
+            None  # how the backtest run ended (see connector.trading.run)
+        )
 
     async def _open_wire(self) -> WireConnection:
-        """The write path's own connection (see :mod:`connector.resp`)."""
+        """The write path's own connection (see :mod:`connector.wire.resp`)."""
         settings = self.settings
         return await WireConnection.open(
             settings.redis_url,
@@ -406,7 +408,7 @@ class Connector:
             self.backtest.on_completion_acked()
 
     def _run_ended(self, outcome: Outcome, detail: str) -> None:
-        """The backtest run is over (see connector.run): say how, once, and leave."""
+        """The backtest run is over (see connector.trading.run): say how, once, and leave."""
         self.outcome = outcome
         self._marker("run_end", outcome=outcome, detail=detail)
         if outcome == "completed":

@@ -223,10 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "demo", "connector.demo", "one-command tour: simulator, connector and a strategy"
     )
     _add_module_command(
-        sub, "consume", "connector.consume", "example downstream consumer (reads a group)"
+        sub, "consume", "connector.consumer.command", "example downstream consumer (reads a group)"
     )
     _add_module_command(
-        sub, "streams", "connector.inventory", "list (or clear) the streams of a prefix"
+        sub, "streams", "connector.streams.inventory", "list (or clear) the streams of a prefix"
     )
     _add_bench(sub)
     return parser

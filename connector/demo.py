@@ -37,8 +37,8 @@ from connector.config import ConfigError, load_settings, mask_url
 from connector.examples import crossover
 from connector.localredis import free_port, private_server_argv, redis_server_binary
 from connector.logs import setup_logging
-from connector.rest import TradingRest
 from connector.sim import SimConfig, Simulator
+from connector.trading.rest import TradingRest
 
 PREFIX = "demo"
 GROUP = crossover.GROUP

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from connector import __version__
-from connector.protocol import FRAME_TYPES
+from connector.trading.protocol import FRAME_TYPES
 
 # Bounded label values: every frame type the protocol defines, plus "other" for unknown ones.
 EVENT_TYPES = (*FRAME_TYPES, "other")

@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import connector
 from connector_bench.procs import Managed, Processes
 
 JSON_LAYER = "json (orjson)"
@@ -43,39 +44,43 @@ JSON_LAYER = "json (orjson)"
 LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("websockets", ("websockets/",)),
     (JSON_LAYER, ("orjson",)),
-    ("protocol (validation)", ("connector/protocol.py",)),
-    ("router/encoding", ("connector/router.py", "connector/streams.py")),
+    ("protocol (validation)", ("connector/trading/protocol.py",)),
+    ("router/encoding", ("connector/trading/router.py", "connector/streams/schema.py")),
     (
         "publisher/writer",
-        ("connector/publisher.py", "connector/writer.py", "connector/registry.py"),
+        (
+            "connector/streams/publisher.py",
+            "connector/streams/writer.py",
+            "connector/streams/registry.py",
+        ),
     ),
     ("redis-py", ("redis/", "hiredis")),
-    ("acks", ("connector/acks.py", "connector/confirm.py")),
+    ("acks", ("connector/acks/acknowledger.py", "connector/acks/consumer_gate.py")),
     ("metrics", ("prometheus_client",)),
-    ("session/app", ("connector/session.py", "connector/app.py")),
+    ("session/app", ("connector/trading/session.py", "connector/app.py")),
     # The confirming consumer process (`connector consume`): its reads, confirmations and handler.
-    ("consumer toolkit", ("connector/consumer.py", "connector/consume.py")),
+    ("consumer toolkit", ("connector/consumer/group.py", "connector/consumer/command.py")),
     ("asyncio: epoll/selector", ("selectors.py",)),
     ("asyncio: loop, tasks, transports", ("asyncio/", "uvloop")),
 )
 LAYERS: tuple[str, ...] = (*(layer for layer, _ in LAYER_RULES), "other")
 
-#: {"connector/protocol.py": {148, ...}}: lines of connector code that call orjson.
+#: {"connector/trading/protocol.py": {148, ...}}: lines of connector code that call orjson.
 JsonLines = dict[str, frozenset[int]]
 
 
 def orjson_call_lines(package_dir: Path | None = None) -> JsonLines:
     """Find the lines of the connector's own modules that call ``orjson``."""
-    root = package_dir or Path(__file__).resolve().parent.parent
+    root = package_dir or Path(connector.__file__).resolve().parent
     found: JsonLines = {}
-    for path in sorted(root.glob("*.py")):
+    for path in sorted(root.rglob("*.py")):
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except OSError:
             continue
         hits = frozenset(n for n, text in enumerate(lines, 1) if "orjson." in text)
         if hits:
-            found[f"connector/{path.name}"] = hits
+            found[f"connector/{path.relative_to(root).as_posix()}"] = hits
     return found
 
 

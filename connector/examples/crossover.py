@@ -1,7 +1,7 @@
 """An example strategy service: a moving-average crossover on the connector's candles.
 
 It reads the candle streams in the consumer group ``strategy`` with the toolkit
-(:class:`~connector.consumer.GroupConsumer`), keeps a fast and a slow simple moving average of
+(:class:`~connector.consumer.group.GroupConsumer`), keeps a fast and a slow simple moving average of
 each symbol's closes, and trades their crossings with market orders on the Trading API's REST
 surface: long about ``notional`` worth of the symbol when the fast average crosses above the
 slow one, flat again when it crosses below. **A batch is confirmed only after its orders were
@@ -41,9 +41,9 @@ import orjson
 from redis.asyncio import Redis
 
 from connector import loop
-from connector.consumer import GroupConsumer, Message
-from connector.protocol import parse_timestamp_ms
-from connector.rest import TradingApiError, TradingRest
+from connector.consumer.group import GroupConsumer, Message
+from connector.trading.protocol import parse_timestamp_ms
+from connector.trading.rest import TradingApiError, TradingRest
 
 log = logging.getLogger(__name__)
 

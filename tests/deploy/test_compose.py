@@ -121,7 +121,7 @@ def test_commands_are_real_connector_sub_commands(
     try:
         parser.parse_args(command)
     except SystemExit:
-        module = {"consume": "connector.consume"}.get(command[0])
+        module = {"consume": "connector.consumer.command"}.get(command[0])
         if module and importlib.import_module(module).__doc__ == "Placeholder.":
             pytest.skip(f"`connector {command[0]}` is still a placeholder without options")
         raise AssertionError(f"{name}: `connector {' '.join(command)}` is not accepted") from None

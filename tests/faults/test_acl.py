@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from connector.consumer import GroupConsumer, Message
-from connector.lease import PrefixLease
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
+from connector.streams.lease import PrefixLease
 from tests.support.harness import run_connector, stream_entries
 from tests.support.redis_server import RedisServer
 

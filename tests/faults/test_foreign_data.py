@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from connector.consumer import GroupConsumer, Message
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
 from tests.support.harness import run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer

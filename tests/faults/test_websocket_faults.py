@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from connector.config import load_settings
 from connector.metrics import Metrics
-from connector.session import Backoff, ConnectFailed, Session
 from connector.sim import SimConfig, Simulator
+from connector.trading.session import Backoff, ConnectFailed, Session
 from tests.support.harness import connector_settings, run_connector, stream_entries, wait_until
 from tests.support.processes import clean_env, connector_process
 from tests.support.redis_server import RedisServer, free_port
@@ -36,7 +36,7 @@ async def test_vanished_server_is_detected_logged_once_and_reconnected(
 ) -> None:
     port = free_port()
     live = ("--mode", "live", "--symbols", "AAPL", "--rate", "200")
-    caplog.set_level(logging.WARNING, logger="connector.session")
+    caplog.set_level(logging.WARNING, logger="connector.trading.session")
     async with (
         simulator_process(port, *live) as first,
         run_connector(f"ws://127.0.0.1:{port}/v1/ws", redis_server.url) as app,

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from connector.consumer import GroupConsumer, Message
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
 from tests.support.harness import run_connector, wait_until
 from tests.support.redis_server import RedisServer
@@ -288,7 +288,10 @@ async def test_redis_losing_its_data_gets_streams_groups_and_registry_again(
             return False
         groups = {g["name"] for g in await redis.xinfo_groups(stream)}
         registry = {g["name"] for g in await redis.xinfo_groups("md:streams")}
-        return groups == {b"dash"} and registry == registry_groups
+        # The registry may exist before the stream is announced again (the per-type streams
+        # are, and in consumer mode the gate recreates its group there): wait for the entry.
+        announced = {fields[b"stream"] for _, fields in await redis.xrange("md:streams")}
+        return groups == {b"dash"} and registry == registry_groups and stream.encode() in announced
 
     try:
         async with (
@@ -316,7 +319,7 @@ async def test_a_step_held_by_a_group_nobody_joined_is_loud(
     With the default settings a warning names the group and why within seconds, and /readyz
     says the same; once the consumer starts, the run completes and readiness returns."""
     url = redis_server.url
-    caplog.set_level("WARNING", logger="connector.confirm")
+    caplog.set_level("WARNING", logger="connector.acks.consumer_gate")
     async with (
         Simulator(backtest(10, step_timeout=60.0)) as sim,
         run_connector(

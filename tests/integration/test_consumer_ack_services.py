@@ -23,7 +23,7 @@ from types import ModuleType
 import pytest
 from redis.asyncio import Redis
 
-from connector.consumer import GroupConsumer, Message
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
 from tests.support.harness import run_connector
 from tests.support.monitor import XackLog, first_ack_wall, stored_entries, xacks

@@ -10,8 +10,8 @@ from __future__ import annotations
 import orjson
 from redis.asyncio import Redis
 
-from connector.protocol import parse_timestamp_ms
 from connector.sim import SimConfig, Simulator
+from connector.trading.protocol import parse_timestamp_ms
 from tests.support.harness import expected_entry, run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer
 

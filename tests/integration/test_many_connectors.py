@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from connector.lease import PrefixLease
 from connector.metrics import Metrics
-from connector.publisher import Publisher
 from connector.sim import SimConfig, Simulator
-from connector.streams import Entry
+from connector.streams.lease import PrefixLease
+from connector.streams.publisher import Publisher
+from connector.streams.schema import Entry
 from tests.support.harness import run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer
 

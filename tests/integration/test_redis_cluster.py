@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from connector.consumer import GroupConsumer, Message
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
 from tests.support.harness import Running, expected_entry, run_connector, wait_until
 from tests.support.redis_cluster import RedisClusterProcesses

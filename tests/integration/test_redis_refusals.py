@@ -1,15 +1,15 @@
 """A Redis that refuses for a while (out of memory) is retried on both write paths, never taken
 for a permanent refusal: redis-py strips the error code that the connector's own connection
-keeps, and both must decide the same (see connector.redis_errors)."""
+keeps, and both must decide the same (see connector.wire.errors)."""
 
 from __future__ import annotations
 
 import pytest
 from redis.asyncio import Redis
 
-from connector.resp import WireConnection
-from connector.streams import Entry
-from connector.writer import StreamWriter, WriteError
+from connector.streams.schema import Entry
+from connector.streams.writer import StreamWriter, WriteError
+from connector.wire.resp import WireConnection
 from tests.support.redis_server import RedisServer
 
 DEADLETTER = "md:deadletter"

@@ -18,10 +18,10 @@ import pytest
 from redis.asyncio import Redis
 
 from connector.examples import crossover
-from connector.rest import TradingApiError, TradingRest
 from connector.sim import SimConfig, Simulator
 from connector.sim.portfolio import STARTING_BALANCE
 from connector.sim.timefmt import SIM_EPOCH_S
+from connector.trading.rest import TradingApiError, TradingRest
 from tests.support.harness import run_connector
 from tests.support.redis_server import RedisServer
 

@@ -6,7 +6,7 @@ import json
 
 from redis.asyncio import Redis
 
-from connector.consumer import GroupConsumer, Message
+from connector.consumer.group import GroupConsumer, Message
 from connector.sim import SimConfig, Simulator
 from tests.support.harness import run_connector, wait_until
 from tests.support.processes import clean_env, run_command

@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from connector.resp import WireConnection, encode_command, encode_fields
-from connector.streams import Entry
-from connector.writer import StreamWriter, WriteError
+from connector.streams.schema import Entry
+from connector.streams.writer import StreamWriter, WriteError
+from connector.wire.resp import WireConnection, encode_command, encode_fields
 from tests.support.redis_server import RedisServer
 
 

@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from connector.app import Connector
 from connector.config import load_settings
-from connector.protocol import parse_timestamp_ms
 from connector.sim import Simulator
+from connector.trading.protocol import parse_timestamp_ms
 
 
 def connector_settings(api_url: str, redis_url: str, **overrides: Any) -> dict[str, Any]:

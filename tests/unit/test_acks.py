@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from connector.acks import Acknowledger, ImmediateGate
+from connector.acks.acknowledger import Acknowledger, ImmediateGate
 from connector.metrics import Metrics
-from connector.streams import Entry
+from connector.streams.schema import Entry
 
 
 class Link:

@@ -70,8 +70,8 @@ def test_histogram_quantile_interpolates_within_buckets() -> None:
 
 ROOT = "main (connector/cli.py:90);_run_once (asyncio/base_events.py:1922)"
 PY_SPY = f"""\
-{ROOT};parse_frame (connector/protocol.py:148) 30
-{ROOT};parse_frame (connector/protocol.py:160) 10
+{ROOT};parse_frame (connector/trading/protocol.py:148) 30
+{ROOT};parse_frame (connector/trading/protocol.py:160) 10
 main (connector/cli.py:90);xadd (redis/commands/core.py:3500);__init__ (<string>:2) 40
 main (connector/cli.py:90);select (selectors.py:468) 20
 not a stack line
@@ -82,7 +82,7 @@ def test_parse_collapsed_and_frames() -> None:
     stacks = parse_collapsed(PY_SPY.splitlines())
     assert len(stacks) == 4
     assert stacks[0][1] == 30
-    assert stacks[0][0][-1] == "parse_frame (connector/protocol.py:148)"
+    assert stacks[0][0][-1] == "parse_frame (connector/trading/protocol.py:148)"
     assert frame_location("recv (websockets/asyncio/connection.py:322)") == (
         "websockets/asyncio/connection.py",
         322,
@@ -94,7 +94,7 @@ def test_parse_collapsed_and_frames() -> None:
 
 
 def test_classify_charges_the_innermost_known_frame() -> None:
-    json_lines = {"connector/protocol.py": frozenset({148})}
+    json_lines = {"connector/trading/protocol.py": frozenset({148})}
     stacks = parse_collapsed(PY_SPY.splitlines())
     layers = [classify(frames, json_lines) for frames, _ in stacks]
     # orjson's C time is charged to the calling line: line 148 is JSON, line 160 validation;
@@ -114,7 +114,8 @@ def test_top_functions_self_and_inclusive() -> None:
     own, inclusive = top_functions(parse_collapsed(PY_SPY.splitlines()), limit=3)
     assert dict(own) == {
         "__init__ (<string>)": pytest.approx(40.0),
-        "parse_frame (connector/protocol.py)": pytest.approx(40.0),  # two lines, one function
+        # two lines, one function
+        "parse_frame (connector/trading/protocol.py)": pytest.approx(40.0),
         "select (selectors.py)": pytest.approx(20.0),
     }
     name, share = inclusive[0]
@@ -123,9 +124,12 @@ def test_top_functions_self_and_inclusive() -> None:
 
 
 def test_orjson_call_lines_are_found_in_the_source(tmp_path: Path) -> None:
-    (tmp_path / "protocol.py").write_text("import orjson\n\nx = orjson.loads(b'1')\n")
+    (tmp_path / "trading").mkdir()
+    (tmp_path / "trading" / "protocol.py").write_text("import orjson\n\nx = orjson.loads(b'1')\n")
     (tmp_path / "other.py").write_text("print('no json here')\n")
-    assert orjson_call_lines(tmp_path) == {"connector/protocol.py": frozenset({3})}
+    assert orjson_call_lines(tmp_path) == {"connector/trading/protocol.py": frozenset({3})}
+    # By default: the installed package's own modules, sub-packages included.
+    assert "connector/trading/protocol.py" in orjson_call_lines()
 
 
 def test_progress_id_millis_and_summaries() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from connector.cluster_wire import ClusterWire, misdirected
+from connector.wire.cluster import ClusterWire, misdirected
 
 
 class FakeCluster:

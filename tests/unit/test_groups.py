@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from connector.config import ConfigError, load_settings
-from connector.groups import GroupSpec, Readers, parse_groups
-from connector.streams import StreamKeys
+from connector.streams.groups import GroupSpec, Readers, parse_groups
+from connector.streams.schema import StreamKeys
 
 
 @pytest.fixture(autouse=True)

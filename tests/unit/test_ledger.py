@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.groups import Readers, parse_groups
-from connector.ledger import HeldBatch, Ledger, Span, id_below, parse_id
-from connector.streams import Entry, StreamKeys
+from connector.acks.ledger import HeldBatch, Ledger, Span, id_below, parse_id
+from connector.streams.groups import Readers, parse_groups
+from connector.streams.schema import Entry, StreamKeys
 
 READERS = Readers(StreamKeys("md"), parse_groups("risk, signals[types=candle]"))
 CANDLE = "md:{AAPL}:candle:1m"

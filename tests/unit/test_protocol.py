@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.protocol import (
+from connector.trading.protocol import (
     PING,
     Candle,
     FrameError,

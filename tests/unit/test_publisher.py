@@ -9,8 +9,8 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from connector.metrics import Metrics
-from connector.publisher import Publisher, RecentIds
-from connector.streams import Entry
+from connector.streams.publisher import Publisher, RecentIds
+from connector.streams.schema import Entry
 
 
 class FakeWriter:

@@ -8,7 +8,7 @@ from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from connector.redis_errors import (
+from connector.wire.errors import (
     error_code,
     is_busygroup,
     is_id_too_small,

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.metrics import Metrics
-from connector.protocol import PONG
-from connector.router import Router
-from connector.streams import Entry, StreamKeys
+from connector.streams.schema import Entry, StreamKeys
+from connector.trading.protocol import PONG
+from connector.trading.router import Router
 
 CANDLE = (
     '{"bar":{"close":"151","high":"152","low":"149","open":"150","provider":"tektii",'

@@ -8,8 +8,8 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from connector.streams import Entry
-from connector.writer import EntryIds, StreamWriter
+from connector.streams.schema import Entry
+from connector.streams.writer import EntryIds, StreamWriter
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 """Consumer-ack mode: hold each engine ack until the groups that read its entries confirmed them.
 
 The bookkeeping (what waits for whom, release in stored order, timeouts) is the sans-I/O
-:class:`~connector.ledger.Ledger`; this module feeds it from Redis. An entry counts as confirmed by
-a group once the group has had it delivered and no longer holds it pending (it was XACKed). Two
-ways bring that news, and either is enough:
+:class:`~connector.acks.ledger.Ledger`; this module feeds it from Redis. An entry counts as
+confirmed by a group once the group has had it delivered and no longer holds it pending (it was
+XACKed). Two ways bring that news, and either is enough:
 
 * **Notification** (the project's consumer toolkit): the consumer's XACK and a PUBLISH on
   ``{prefix}:confirm`` go out in the same round trip; this gate is subscribed, so it learns of the
@@ -37,15 +37,15 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from connector.acks import Acknowledger
-from connector.groups import Readers
-from connector.ledger import Confirmed, Ledger, Span, StreamId, id_below, id_text, parse_id
+from connector.acks.acknowledger import Acknowledger
+from connector.acks.ledger import Confirmed, Ledger, Span, StreamId, id_below, id_text, parse_id
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
-from connector.redis_client import RedisClient
-from connector.redis_errors import is_busygroup
-from connector.resp import Arg, WireConnection, encode_command
-from connector.streams import Entry, StreamKeys
+from connector.streams.groups import Readers
+from connector.streams.schema import Entry, StreamKeys
+from connector.wire.client import RedisClient
+from connector.wire.errors import is_busygroup
+from connector.wire.resp import Arg, WireConnection, encode_command
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ FIRST_BACKOFF_S = 0.001
 SAMPLE_STREAMS = 8  # streams a check looks at before it looks at all of them
 SWEEP_CHUNK = 512  # streams per pipelined round trip in a full check
 FOREIGN_GROUPS_LIMIT = 1024
+# Through redis-py (a cluster), a reply is parsed by its command's name: XPENDING as the summary
+# form unless it is told the reply is a range (what a check sends), which it cannot parse.
+_REDIS_PY_OPTIONS: dict[str, dict[str, Any]] = {"XPENDING": {"parse_detail": True}}
 
 
 class ConsumerGate:
@@ -417,7 +420,7 @@ class ConsumerGate:
         if self._wire is None:
             pipe = self._redis.pipeline(transaction=False)
             for command in commands:
-                pipe.execute_command(*command)
+                pipe.execute_command(*command, **_REDIS_PY_OPTIONS.get(str(command[0]), {}))
             return list(await pipe.execute(raise_on_error=False))
         if self._check_wire is None:
             self._check_wire = await self._wire()
@@ -549,11 +552,16 @@ class ConsumerGate:
 
 
 def _fields(row: Any) -> dict[str, Any]:
-    """One group of an XINFO GROUPS reply: redis-py's dict, or the raw flat list."""
-    if isinstance(row, dict):
-        return row
-    pairs = zip(row[::2], row[1::2], strict=False)
-    return {key.decode("ascii", "replace"): value for key, value in pairs}
+    """One group of an XINFO GROUPS reply: a map (RESP3, redis-py's default since 8.0; bytes
+    keys unless redis-py parsed it) or the raw flat list (RESP2, our own connections)."""
+    pairs: Iterable[tuple[Any, Any]] = (
+        row.items() if isinstance(row, dict) else zip(row[::2], row[1::2], strict=False)
+    )
+    return {_text_key(key): value for key, value in pairs}
+
+
+def _text_key(key: Any) -> Any:
+    return key.decode("ascii", "replace") if isinstance(key, bytes) else key
 
 
 def _pending_ids(reply: Any) -> set[StreamId]:

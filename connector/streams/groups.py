@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from connector.protocol import FRAME_TYPES
-from connector.streams import StreamInfo, StreamKeys, parse_key
+from connector.streams.schema import StreamInfo, StreamKeys, parse_key
+from connector.trading.protocol import FRAME_TYPES
 
 # Names that may appear in a Redis command and a metric label without quoting.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")

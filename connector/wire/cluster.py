@@ -2,9 +2,9 @@
 
 redis-py's cluster pipeline packs and encodes every command in Python and looks up each key's
 command metadata, which cost a cluster connector three times the CPU per event of a single node.
-Here the batch's XADDs (already encoded, see :mod:`connector.writer`) are grouped by the master
-that owns their slot, per redis-py's own slot map, and each group goes to its master as one
-pipeline on a :class:`~connector.resp.WireConnection`, all masters at once.
+Here the batch's XADDs (already encoded, see :mod:`connector.streams.writer`) are grouped by the
+master that owns their slot, per redis-py's own slot map, and each group goes to its master as one
+pipeline on a :class:`~connector.wire.resp.WireConnection`, all masters at once.
 
 Only the steady state takes this path. Anything unusual (a redirection, a node that cannot be
 reached, a slot map that does not cover a key yet) marks the map *stale*: the writer then sends
@@ -24,8 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
-from connector.redis_errors import is_redirect
-from connector.resp import Endpoint, WireConnection
+from connector.wire.errors import is_redirect
+from connector.wire.resp import Endpoint, WireConnection
 
 Address = tuple[str, int]
 

@@ -2,8 +2,8 @@
 
 Nothing is acknowledged before Redis has stored it. The immediate policy acknowledges a batch as
 soon as it is stored, in one ``event_ack`` naming all of its ids (a backtest step published
-together is released together). The consumer policy (:mod:`connector.confirm`) holds the ids until
-every required consumer group has confirmed them.
+together is released together). The consumer policy (:mod:`connector.acks.consumer_gate`) holds
+the ids until every required consumer group has confirmed them.
 
 Acks that cannot be sent (the session is down) stay in the outbox and go out first after the
 reconnect: the engine ignores ids it no longer waits for, and may still be waiting for these.
@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from connector.metrics import Metrics
-from connector.protocol import ack_frame
-from connector.streams import Entry
+from connector.streams.schema import Entry
+from connector.trading.protocol import ack_frame
 
 SendFrame = Callable[[bytes], Awaitable[bool]]
 

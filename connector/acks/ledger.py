@@ -4,11 +4,11 @@ A stored batch (usually one engine step) is acknowledged once every group that r
 id-bearing entries has confirmed that entry, and batches are acknowledged in the order they were
 stored: the engine must never see step *t+1* acknowledged before step *t*. Dead letters, markers
 and ``backtest_complete`` wait for nobody (the end of a run must not wait for a group: see
-:mod:`connector.run`), but still leave in order behind everything stored before them.
+:mod:`connector.trading.run`), but still leave in order behind everything stored before them.
 
-Nothing here does I/O or reads a clock. The driver (:mod:`connector.confirm`) feeds the ledger
-what was stored, what the groups confirmed (notifications, or group state it read from Redis) and
-the time; it acts on what the ledger returns. That keeps the rule the product is sold on in one
+Nothing here does I/O or reads a clock. The driver (:mod:`connector.acks.consumer_gate`) feeds the
+ledger what was stored, what the groups confirmed (notifications, or group state it read from Redis)
+and the time; it acts on what the ledger returns. That keeps the rule the product is sold on in one
 place, testable without Redis (tests/unit/test_ledger.py).
 
 A confirmation may arrive before the store it confirms is known here (the consumer read the entry
@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from connector.streams import Entry
+from connector.streams.schema import Entry
 
 StreamId = tuple[int, int]
 MAX_SEQ = 2**64 - 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from connector.protocol import Candle, Invalid, Other, Quote
+from connector.trading.protocol import Candle, Invalid, Other, Quote
 
 SCHEMA_VERSION = 1
 DEADLETTER_RAW_BYTES = 8192

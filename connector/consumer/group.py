@@ -55,9 +55,9 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from connector.logs import RateLimitedLog
-from connector.redis_errors import is_busygroup
-from connector.resp import Arg, Endpoint, WireConnection, encode_command
-from connector.streams import StreamInfo, StreamKeys, parse_key
+from connector.streams.schema import StreamInfo, StreamKeys, parse_key
+from connector.wire.errors import is_busygroup
+from connector.wire.resp import Arg, Endpoint, WireConnection, encode_command
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class GroupConsumer:
         self._stopping = asyncio.Event()
         self._infos: dict[str, StreamInfo] = {}
         # The hot loop (blocking reads, confirmations) runs on connections of its own when the
-        # client is a plain single-node Redis; see connector.resp. fast=False keeps redis-py.
+        # client is a plain single-node Redis; see connector.wire.resp. fast=False keeps redis-py.
         self._endpoint = None if self._cluster or not fast else Endpoint.of_client(redis)
         self._wires: dict[str, WireConnection] = {}
 

@@ -8,8 +8,8 @@ retry also does) cannot store anything twice: the entries that did land come bac
 check tells a real clash (another writer, or a clock that went back) from our own earlier write;
 a clash moves the stream's id floor above the stream's last id and writes again.
 
-On a single Redis the batch goes out through :class:`connector.resp.WireConnection` (encoded by
-hand, replies parsed in C); on a Redis Cluster through :class:`connector.cluster_wire.ClusterWire`
+On a single Redis the batch goes out through :class:`connector.wire.resp.WireConnection` (encoded by
+hand, replies parsed in C); on a Redis Cluster through :class:`connector.wire.cluster.ClusterWire`
 (the same, one pipeline per master) in the steady state, and through redis-py's cluster pipeline
 (which follows redirections) for batches that provision new streams and for the attempt after a
 redirection or a node failure.
@@ -25,12 +25,12 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from connector.cluster_wire import ClusterWire, misdirected
 from connector.logs import RateLimitedLog
-from connector.redis_client import RedisClient, is_cluster
-from connector.redis_errors import is_busygroup, is_id_too_small, is_transient, needs_reconnect
-from connector.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
-from connector.streams import Entry
+from connector.streams.schema import Entry
+from connector.wire.client import RedisClient, is_cluster
+from connector.wire.cluster import ClusterWire, misdirected
+from connector.wire.errors import is_busygroup, is_id_too_small, is_transient, needs_reconnect
+from connector.wire.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 
 log = logging.getLogger(__name__)
 

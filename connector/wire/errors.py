@@ -1,12 +1,11 @@
 """One reading of a Redis error reply, whichever client parsed it.
 
-The same refusal reaches the connector in two shapes. On its own connections (``connector.resp``)
-hiredis keeps the reply whole: ``ResponseError("OOM command not allowed ...")``. redis-py turns
-the error code into a type and strips it from the text: ``OutOfMemoryError("command not allowed
-...")``, with ``status_code = "OOM"`` (older releases have the type only). Every decision about an
-error (retry, reconnect, follow a redirection, ignore) is made here on the code, so both paths
-decide the same.
-"""
+The same refusal reaches the connector in two shapes. On its own connections
+(``connector.wire.resp``) hiredis keeps the reply whole: ``ResponseError("OOM command not allowed
+...")``. redis-py turns the error code into a type and strips it from the text:
+``OutOfMemoryError("command not allowed ...")``, with ``status_code = "OOM"`` (older releases have
+the type only). Every decision about an error (retry, reconnect, follow a redirection, ignore) is
+made here on the code, so both paths decide the same."""
 
 from __future__ import annotations
 

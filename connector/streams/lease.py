@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from connector.groups import GROUP_NAME
-from connector.redis_client import RedisClient
+from connector.streams.groups import GROUP_NAME
+from connector.wire.client import RedisClient
 
 log = logging.getLogger(__name__)
 

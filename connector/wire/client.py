@@ -2,9 +2,9 @@
 a cluster client when ``CONNECTOR_REDIS_CLUSTER`` is set.
 
 redis-py retries a failed command (and re-sends whole pipelines) on its own. That is safe for our
-writes (explicit entry ids make them idempotent, see :mod:`connector.writer`), but its default
-patience would hide an outage for seconds; the publisher has its own backoff, so keep this short.
-"""
+writes (explicit entry ids make them idempotent, see :mod:`connector.streams.writer`), but its
+default patience would hide an outage for seconds; the publisher has its own backoff, so keep this
+short."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from redis.exceptions import (
 )
 
 from connector.config import Settings, split_credentials
-from connector.redis_errors import error_code
+from connector.wire.errors import error_code
 
 # What the connector and the consumer toolkit accept: a single node or a cluster.
 RedisClient = Redis | RedisCluster
@@ -31,7 +31,7 @@ RedisClient = Redis | RedisCluster
 
 class FileCredentials(CredentialProvider):
     """Credentials read again for every new connection: a rotated CONNECTOR_REDIS_PASSWORD_FILE
-    reaches every connection (redis-py's, and the write path's own, see connector.resp) as each
+    reaches every connection (redis-py's, and the write path's own, see connector.wire.resp) as each
     reconnects, instead of only those opened after a restart."""
 
     def __init__(self, settings: Settings, username: str | None) -> None:

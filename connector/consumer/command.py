@@ -30,13 +30,13 @@ import time
 from connector import loop
 from connector.cli import config_error
 from connector.config import ConfigError, Settings, load_settings
-from connector.consumer import GroupConsumer, Message, default_name
-from connector.groups import GROUP_NAME, STREAM_TYPES
+from connector.consumer.group import GroupConsumer, Message, default_name
 from connector.logs import setup_logging
-from connector.redis_client import RedisClient, configuration_problem, make_redis
-from connector.streams import StreamKeys
+from connector.streams.groups import GROUP_NAME, STREAM_TYPES
+from connector.streams.schema import StreamKeys
+from connector.wire.client import RedisClient, configuration_problem, make_redis
 
-log = logging.getLogger("connector.consume")
+log = logging.getLogger("connector.consumer.command")
 
 WAIT_NOTICE_S = 30.0  # while waiting for Redis or for streams, say so this often
 

@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
-from connector.streams import Entry
-from connector.writer import StreamWriter
+from connector.streams.schema import Entry
+from connector.streams.writer import StreamWriter
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ exists) is expected and ignored.
 
 from __future__ import annotations
 
-from connector.groups import Readers
-from connector.resp import Arg
-from connector.streams import StreamKeys, parse_key
+from connector.streams.groups import Readers
+from connector.streams.schema import StreamKeys, parse_key
+from connector.wire.resp import Arg
 
 REGISTRY_MAXLEN = 100_000  # above CONNECTOR_MAX_STREAMS, with room for restarts
 

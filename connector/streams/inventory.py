@@ -27,8 +27,8 @@ import orjson
 from connector import loop
 from connector.cli import config_error
 from connector.config import ConfigError, Settings, load_settings, mask_url
-from connector.redis_client import RedisClient, configuration_problem, make_redis
-from connector.streams import StreamKeys, parse_key
+from connector.streams.schema import StreamKeys, parse_key
+from connector.wire.client import RedisClient, configuration_problem, make_redis
 
 DELETE_CHUNK = 500
 

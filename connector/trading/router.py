@@ -13,7 +13,15 @@ from collections.abc import Callable
 
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
-from connector.protocol import (
+from connector.streams.schema import (
+    Entry,
+    StreamKeys,
+    candle_fields,
+    deadletter_fields,
+    other_fields,
+    quote_fields,
+)
+from connector.trading.protocol import (
     KNOWN_TYPES,
     PONG,
     Candle,
@@ -24,14 +32,6 @@ from connector.protocol import (
     Quote,
     parse_frame,
     sniff_event_id,
-)
-from connector.streams import (
-    Entry,
-    StreamKeys,
-    candle_fields,
-    deadletter_fields,
-    other_fields,
-    quote_fields,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class Router:
         self._events = metrics.events_by_type
         self._invalid_log = RateLimitedLog(log, interval=10.0)
         self._symbol_events = metrics.symbol_events
-        self._on_terminal = on_terminal  # backtest_complete (see connector.run)
+        self._on_terminal = on_terminal  # backtest_complete (see connector.trading.run)
         self._on_goodbye = on_goodbye  # connection/DISCONNECTING: the server shuts down
 
     def route(self, frame: str | bytes, received: float) -> bytes | None:
