@@ -23,7 +23,8 @@ from redis.asyncio.cluster import RedisCluster
 from connector import __version__
 from connector.acks.acknowledger import AckGate, Acknowledger, ImmediateGate
 from connector.acks.consumer_gate import ConsumerGate
-from connector.config import ConfigError, Settings, mask_url
+from connector.config import ConfigError, Settings
+from connector.health import RedisWatch, readiness
 from connector.http import OpsServer, Readiness
 from connector.launch import take_early_signals
 from connector.metrics import EVENT_TYPES, Metrics
@@ -35,15 +36,14 @@ from connector.streams.schema import SCHEMA_VERSION, Entry, StreamKeys
 from connector.streams.writer import StreamWriter
 from connector.trading.router import Router
 from connector.trading.run import BacktestRun, Outcome
-from connector.trading.session import WARNING_EVERY_S, Session
-from connector.wire.client import RedisClient, configuration_problem, make_redis
+from connector.trading.session import Session
+from connector.wire.client import RedisClient, make_redis
 from connector.wire.cluster import ClusterWire
 from connector.wire.resp import WireConnection
 
 log = logging.getLogger(__name__)
 FORCED_STEP_S = 2.0  # releasing the lease on the way out: at most this long
 
-REDIS_CHECK_INTERVAL = 2.0
 EXIT_INCOMPLETE = 3  # a backtest run that did not complete (halted, interrupted, unacknowledged)
 
 
@@ -131,9 +131,17 @@ class Connector:
             if settings.prefix_lock
             else None
         )
+        self.redis_watch = RedisWatch(
+            self.redis,
+            settings.redis_url,
+            settings.redis_timeout,
+            self.metrics,
+            registry_key=self.keys.registry,
+            has_streams=lambda: bool(self.writer.known_streams),
+            on_data_lost=self._reprovision,
+        )
         self._stop_reading = asyncio.Event()
         self._stop_requested = asyncio.Event()
-        self._redis_ok = False
         self._stop_reason = ""
         self._signals = 0
         # A second stop signal: drain no longer, but still release the lease and close.
@@ -141,12 +149,8 @@ class Connector:
         self._failed = False  # a reason to exit non-zero even after a clean drain
         self._config_error: ConfigError | None = None  # found after start-up (Redis refuses)
         self._phase = "starting"  # before the session: what the connector waits for
-        self._redis_ever_ok = False
-        self._redis_error = ""
-        self._redis_warned = float("-inf")
-        self.outcome: Outcome | None = (
-            None  # how the backtest run ended (see connector.trading.run)
-        )
+        # How the backtest run ended (see connector.trading.run).
+        self.outcome: Outcome | None = None
 
     async def _open_wire(self) -> WireConnection:
         """The write path's own connection (see :mod:`connector.wire.resp`)."""
@@ -195,13 +199,15 @@ class Connector:
         log.info("starting", extra={"version": __version__, "settings": self.settings.describe()})
         try:
             await self._start_ops()
-            await self._check_redis(first=True)
+            await self.redis_watch.check(first=True)
         except ConfigError:
             await self._close_early()
             raise  # permanent: the command reports it in one line (exit code 2)
         # The Redis watch runs from now on: a Redis that answers late, and then refuses us, stops
         # the wait for the lease with a configuration error.
-        health = asyncio.create_task(self._watch_redis(), name="redis-health")
+        health = asyncio.create_task(
+            self.redis_watch.watch(self._redis_refuses), name="redis-health"
+        )
         self._phase = "waiting for the stream prefix lease"
         if self.lease is not None and not await self.lease.acquire(self._stop_requested):
             health.cancel()
@@ -454,94 +460,27 @@ class Connector:
         return self.readiness_now()
 
     def readiness_now(self) -> Readiness:
-        """Connected to the Trading API, Redis answering and taking writes, nothing overdue."""
-        checks = {
-            "trading_api": self.session.connected,
-            "redis": self._redis_ok and self.publisher.healthy,
-        }
-        detail = {}
+        return readiness(
+            session=self.session,
+            redis=self.redis_watch,
+            publisher=self.publisher,
+            gate=self.consumer_gate,
+            lease=self.lease,
+            phase=self._phase,
+        )
+
+    async def _reprovision(self) -> None:
+        """Redis lost its data: streams, groups and the registry again, from their start."""
+        self.provisioner.start_id = "0"
+        self.writer.forget_streams()
+        await self._provision_type_streams()
         if self.consumer_gate is not None:
-            stall = self.consumer_gate.stall()
-            checks["consumers"] = not self.consumer_gate.overdue and stall is None
-            if stall is not None:
-                detail["consumers"] = stall
-        if self.lease is not None and self.lease.holder is not None:
-            checks["prefix"] = False
-            detail["prefix"] = f"stream prefix held by {self.lease.holder}"
-        elif self.lease is not None and self.lease.held and not self.lease.confirmed():
-            checks["prefix"] = False  # writes wait (see PrefixLease.confirmed)
-            detail["prefix"] = "stream prefix lease not confirmed (renewals fail)"
-        if not checks.get("consumers", True) and "consumers" not in detail:
-            detail["consumers"] = "confirmation overdue (CONSUMER_ACK_TIMEOUT, policy hold)"
-        if not checks["trading_api"]:
-            detail["trading_api"] = (
-                f"not started: {self._phase}" if self._phase else self.session.status
-            )
-        if not checks["redis"]:
-            detail["redis"] = (
-                f"not answering: {self._redis_error}"
-                if not self._redis_ok
-                else f"publishing fails: {self.publisher.last_error}"
-            )
-        return Readiness(all(checks.values()), checks, detail)
+            await self.consumer_gate.create_registry_groups()
 
-    async def _watch_redis(self) -> None:
-        while True:
-            await asyncio.sleep(REDIS_CHECK_INTERVAL)
-            try:
-                await self._check_redis()
-            except ConfigError as exc:  # Redis answered at last, and refuses us for good
-                self._config_error = exc
-                self.request_stop("configuration error")
-                return
-
-    async def _check_redis(self, first: bool = False) -> None:
-        try:
-            await asyncio.wait_for(self.redis.ping(), self.settings.redis_timeout)
-        except Exception as exc:  # any failure of the probe means: not answering
-            self._redis_failed(exc, first)
-        else:
-            if not self._redis_ok and not first:
-                log.info("Redis answers again", extra={"url": mask_url(self.settings.redis_url)})
-            self._redis_ok = self._redis_ever_ok = True
-            await self._check_registry()
-        self.metrics.redis_up.set(1 if self._redis_ok else 0)
-
-    def _redis_failed(self, exc: BaseException, first: bool) -> None:
-        """Not answering: retried (warned about every WARNING_EVERY_S). Refusing us for good
-        before it ever answered (credentials, database): a configuration error."""
-        problem = configuration_problem(exc)
-        if problem is not None and not self._redis_ever_ok:
-            raise ConfigError(f"CONNECTOR_REDIS_URL: {problem}")
-        self._redis_error = (str(exc) or type(exc).__name__)[:200]
-        now = time.monotonic()
-        if self._redis_ok or first or now - self._redis_warned >= WARNING_EVERY_S:
-            self._redis_warned = now
-            log.warning(
-                "Redis is not answering" if problem is None else problem,
-                extra={"url": mask_url(self.settings.redis_url), "error": self._redis_error},
-            )
-        self._redis_ok = False
-
-    async def _check_registry(self) -> None:
-        """Redis restarted without its data: the registry, and with it the consumer groups,
-        are gone. Provision every stream again as it is next written."""
-        if not self.writer.known_streams:
-            return
-        try:
-            present = await self.redis.exists(self.keys.registry)
-        except Exception:  # the next check tries again
-            return
-        if not present:
-            log.warning(
-                "Redis lost the stream registry (a restart without persistence?); "
-                "creating streams, groups and registry again"
-            )
-            self.provisioner.start_id = "0"
-            self.writer.forget_streams()
-            await self._provision_type_streams()
-            if self.consumer_gate is not None:
-                await self.consumer_gate.create_registry_groups()
+    def _redis_refuses(self, exc: ConfigError) -> None:
+        """Redis answered at last, and refuses us for good: stop with a configuration error."""
+        self._config_error = exc
+        self.request_stop("configuration error")
 
     def _marker(self, kind: str, **fields: Any) -> None:
         """A connector marker in the system stream (so downstream can see gaps)."""
