@@ -17,18 +17,25 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
 
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
 from connector.streams.schema import Entry
-from connector.streams.writer import StreamWriter
+from connector.streams.writer import WriteOutcome
 
 log = logging.getLogger(__name__)
 
 LEASE_POLL_S = 0.1
 
 OnStored = Callable[[list[Entry]], Awaitable[None]]
+
+
+class Writer(Protocol):
+    """Stores a batch (idempotently: a failed batch is written again as it is)."""
+
+    async def write(self, entries: Sequence[Entry]) -> WriteOutcome: ...
 
 
 class RecentIds:
@@ -64,7 +71,7 @@ class Publisher:
 
     def __init__(
         self,
-        writer: StreamWriter,
+        writer: Writer,
         metrics: Metrics,
         on_stored: OnStored,
         *,
@@ -101,7 +108,6 @@ class Publisher:
         self._outage_started = 0.0
         self._failed_attempts = 0
         self._drop_log = RateLimitedLog(log, interval=10.0)
-        self._clashes_seen = 0
         self.last_error = ""  # of the last failed write, for /readyz
         self._published = metrics.published_by_type
         metrics.buffered_events.read = lambda: self.buffered
@@ -244,20 +250,19 @@ class Publisher:
             self._inflight = batch
             self._inflight_bytes = sum(entry.size for entry in batch)
             self._pending_bytes -= self._inflight_bytes
-            if not await self._store(batch):
+            outcome = await self._store(batch)
+            if outcome is None:
                 return
             self._inflight = []
             self._inflight_bytes = 0
             self._count_published(batch)
-            clashes = self._writer.clashes
-            if clashes != self._clashes_seen:
-                self._metrics.foreign_data.counts["clash"] += clashes - self._clashes_seen
-                self._clashes_seen = clashes
-            if self._writer.unstorable:
-                self._unstorable(self._writer.unstorable)
+            if outcome.clashes:
+                self._metrics.foreign_data.counts["clash"] += outcome.clashes
+            if outcome.unstorable:
+                self._unstorable(outcome.unstorable)
             await self._on_stored(batch)
 
-    def _unstorable(self, failures: list[tuple[str | None, str]]) -> None:
+    def _unstorable(self, failures: Sequence[tuple[str | None, str]]) -> None:
         self._metrics.dropped.labels("unstorable").inc(len(failures))
         ids = sum(1 for event_id, _ in failures if event_id is not None)
         if ids:
@@ -267,21 +272,22 @@ class Publisher:
             extra={"events": len(failures), "error": failures[0][1]},
         )
 
-    async def _store(self, batch: list[Entry]) -> bool:
+    async def _store(self, batch: list[Entry]) -> WriteOutcome | None:
+        """Until stored (the writer's outcome), or None when the publisher gave up."""
         delay = 0.05
         while True:
             if not await self._wait_until_writable():
-                return False
+                return None
             started = time.perf_counter()
             try:
-                await self._writer.write(batch)
+                outcome = await self._writer.write(batch)
             # Any failure (redis-py may also trip over a connection torn down by a concurrent
             # command on a cluster) means: not stored yet. Retrying the batch is safe.
             except Exception as exc:
                 self._write_failed(exc, len(batch))
                 if self._abandon:
                     self._drop_everything()
-                    return False
+                    return None
                 await self._sleep(delay)
                 delay = min(delay * 2, self._retry_max_delay)
                 continue
@@ -298,7 +304,7 @@ class Publisher:
                         "buffered": self.buffered,
                     },
                 )
-            return True
+            return outcome
 
     async def _wait_until_writable(self) -> bool:
         """Until writing is allowed (the prefix lease confirmed); False if abandoned meanwhile."""

@@ -20,10 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from connector.logs import RateLimitedLog
 from connector.streams.schema import Entry
@@ -38,6 +40,16 @@ _MAX_ROUNDS = 5
 # Commands to run before the first write to a stream (consumer groups, the registry entry).
 Provision = Callable[[str], list[list[Arg]]]
 WireFactory = Callable[[], Awaitable[WireConnection]]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOutcome:
+    """What a write did besides storing: entries no stream would take (neither stored nor to be
+    acknowledged: ``(event id, error)``), and how many of our next ids another client had
+    taken (stepped over)."""
+
+    unstorable: tuple[tuple[str | None, str], ...] = ()
+    clashes: int = 0
 
 
 class WriteError(Exception):
@@ -101,25 +113,23 @@ class StreamWriter:
         # Bumped by forget_streams(): a write in flight meanwhile must not mark its streams
         # provisioned again (its provisioning commands were decided before the loss).
         self._provision_epoch = 0
-        # Entries of the last write() that no stream would take (the publisher counts them).
-        self.unstorable: list[tuple[str | None, str]] = []  # (event id, error)
-        self.clashes = 0  # our next ids found taken by another writer (stepped over)
         self._clash_log = RateLimitedLog(log, interval=30.0)
         # MULTI/EXEC around a batch: consumers blocked on the streams wake once, with the whole
         # batch, instead of once per XADD. (A refused XADD inside EXEC does not undo the others.)
         self.atomic = not is_cluster(redis)  # a cluster transaction cannot span slots
 
-    async def write(self, entries: Sequence[Entry]) -> None:
+    async def write(self, entries: Sequence[Entry]) -> WriteOutcome:
         """Store every entry that has a key. Raises on failure; calling again is idempotent."""
         todo = [entry for entry in entries if entry.key is not None]
-        self.unstorable = []
+        unstorable: list[tuple[str | None, str]] = []
+        clashes = 0
         for _ in range(_MAX_ROUNDS):
             if not todo:
-                return
+                return WriteOutcome(tuple(unstorable), clashes)
             now_ms = self._clock_ms()
             for entry in todo:
                 if entry.entry_id is None:
-                    entry.entry_id = self.ids.assign(entry.key, now_ms)  # type: ignore[arg-type]
+                    entry.entry_id = self.ids.assign(_key(entry), now_ms)
             results = await self._xadd(todo)
             suspects: list[Entry] = []
             refused: list[Entry] = []
@@ -133,11 +143,13 @@ class StreamWriter:
                 elif entry.key == self.deadletter_key:
                     # Even the dead-letter stream refuses it (e.g. the key holds another type):
                     # give up on this one entry rather than block everything behind it.
-                    self._give_up(entry, result)
+                    unstorable.append(self._give_up(entry, result))
                 else:
                     self._divert(entry, result)
                     refused.append(entry)
-            todo = [*await self._unplaced(suspects), *refused]
+            taken = await self._unplaced(suspects)
+            clashes += len(taken)
+            todo = [*taken, *refused]
         raise WriteError(f"{len(todo)} entries could not be placed after {_MAX_ROUNDS} rounds")
 
     def _prepare(self, entries: Sequence[Entry]) -> tuple[list[list[Arg]], list[str]]:
@@ -204,10 +216,13 @@ class StreamWriter:
         for command in prepared:
             pipe.execute_command(*command)
         for entry in entries:
+            key, entry_id = _placed(entry)
+            # redis-py's mapping type is invariant in its keys: the same dict, seen as its type.
+            fields = cast("dict[FieldT, EncodableT]", entry.fields)
             pipe.xadd(
-                entry.key,  # type: ignore[arg-type]
-                entry.fields,  # type: ignore[arg-type]
-                id=entry.entry_id,  # type: ignore[arg-type]
+                key,
+                fields,
+                id=entry_id,
                 maxlen=self.maxlen,
                 approximate=True,
             )
@@ -225,8 +240,8 @@ class StreamWriter:
             entry.blob = encode_fields(entry.fields)
         maxlen = self._maxlen_args
         fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
-        key = entry.key.encode()  # type: ignore[union-attr]
-        entry_id = entry.entry_id.encode()  # type: ignore[union-attr]
+        key_text, id_text = _placed(entry)
+        key, entry_id = key_text.encode(), id_text.encode()
         return b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
             2 + fixed_args + 2 * len(entry.fields),
             len(key),
@@ -302,7 +317,8 @@ class StreamWriter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for entry in suspects:
-            pipe.xrange(entry.key, entry.entry_id, entry.entry_id, count=1)  # type: ignore[arg-type]
+            key, entry_id = _placed(entry)
+            pipe.xrange(key, entry_id, entry_id, count=1)
         found = await pipe.execute()
         # Compared as bytes: another client may have written anything at our ids, text or not.
         clashes = [
@@ -311,7 +327,6 @@ class StreamWriter:
             if not rows or rows[0][1] != _encoded(entry.fields)
         ]
         if clashes:
-            self.clashes += len(clashes)
             self._clash_log.warning(
                 "clash",
                 "another client wrote at the connector's next entry ids; stepping over them",
@@ -322,19 +337,20 @@ class StreamWriter:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for entry in clashes:
-            pipe.xinfo_stream(entry.key)  # type: ignore[arg-type]
+            pipe.xinfo_stream(_key(entry))
         infos = await pipe.execute()
         for entry, info in zip(clashes, infos, strict=True):
-            self.ids.raise_floor(entry.key, info["last-generated-id"])  # type: ignore[arg-type]
+            self.ids.raise_floor(_key(entry), info["last-generated-id"])
             entry.entry_id = None
         return clashes
 
-    def _give_up(self, entry: Entry, error: BaseException) -> None:
+    def _give_up(self, entry: Entry, error: BaseException) -> tuple[str | None, str]:
         """Nothing more to try: the entry is neither stored nor, therefore, acknowledged."""
-        self.unstorable.append((entry.event_id, str(error)[:300]))
+        given_up = (entry.event_id, str(error)[:300])
         entry.key = None
         entry.event_id = None
         entry.entry_id = None
+        return given_up
 
     def _divert(self, entry: Entry, error: BaseException) -> None:
         """A permanent refusal (e.g. WRONGTYPE): keep the event, in the dead-letter stream."""
@@ -352,3 +368,17 @@ class StreamWriter:
 
 def _encoded(fields: dict[str, str]) -> dict[bytes, bytes]:
     return {key.encode(): value.encode() for key, value in fields.items()}
+
+
+def _key(entry: Entry) -> str:
+    """The stream of an entry the writer places (entries without one never get this far)."""
+    if entry.key is None:
+        raise ValueError("an entry without a stream reached the write path")
+    return entry.key
+
+
+def _placed(entry: Entry) -> tuple[str, str]:
+    """Stream and id of an entry about to be written (ids are assigned before any write)."""
+    if entry.entry_id is None:
+        raise ValueError("an entry without an id reached the write path")
+    return _key(entry), entry.entry_id

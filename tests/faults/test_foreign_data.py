@@ -127,10 +127,14 @@ async def test_garbage_at_the_connectors_next_ids_is_stepped_over(
         quote = "md:{AAPL}:quote"
         top = (await redis_client.xinfo_stream(quote))["last-generated-id"]
         start = int(top.split(b"-")[0]) + 1
-        pipe = redis_client.pipeline(transaction=True)  # at once: the connector's next ids taken
-        for ms in range(start, start + 3000):  # every millisecond of the next 3 s
+        # In one round trip: the connector's next ids taken, every millisecond of the next 3 s.
+        # The connector may still store an entry or two first: the garbage ids at or below it
+        # are refused (not an error here), the rest land above it.
+        pipe = redis_client.pipeline(transaction=False)
+        for ms in range(start, start + 3000):
             pipe.xadd(quote, {"x": b"\xff"}, id=f"{ms}-0")
-        await pipe.execute()
+        placed = await pipe.execute(raise_on_error=False)
+        assert sum(not isinstance(reply, Exception) for reply in placed) > 2900
         published = app.sample("connector_published_total", type="quote")
         await wait_until(
             lambda: app.sample("connector_published_total", type="quote") > published + 200

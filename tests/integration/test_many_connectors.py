@@ -12,6 +12,7 @@ from connector.sim import SimConfig, Simulator
 from connector.streams.lease import PrefixLease
 from connector.streams.publisher import Publisher
 from connector.streams.schema import Entry
+from connector.streams.writer import WriteOutcome
 from tests.support.harness import run_connector, stream_entries, wait_until
 from tests.support.redis_server import RedisServer
 
@@ -83,12 +84,9 @@ async def test_writes_wait_while_the_prefix_lease_is_unconfirmed(
         writer_calls: list[int] = []
 
         class Writer:
-            def __init__(self) -> None:
-                self.unstorable: list[tuple[str | None, str]] = []
-                self.clashes = 0
-
-            async def write(self, entries: Sequence[Entry]) -> None:
+            async def write(self, entries: Sequence[Entry]) -> WriteOutcome:
                 writer_calls.append(len(entries))
+                return WriteOutcome()
 
         async def stored(batch: list[Entry]) -> None:
             return None
@@ -105,7 +103,7 @@ async def test_writes_wait_while_the_prefix_lease_is_unconfirmed(
             return allowed
 
         publisher = Publisher(
-            Writer(),  # type: ignore[arg-type]
+            Writer(),
             Metrics(),
             stored,
             max_batch=10,

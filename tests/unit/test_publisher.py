@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from connector.metrics import Metrics
 from connector.streams.publisher import Publisher, RecentIds
 from connector.streams.schema import Entry
+from connector.streams.writer import WriteOutcome
 
 
 class FakeWriter:
@@ -21,10 +22,8 @@ class FakeWriter:
         self.failures = 0
         self.gate: asyncio.Event | None = None
         self.started = asyncio.Event()
-        self.unstorable: list[tuple[str | None, str]] = []
-        self.clashes = 0
 
-    async def write(self, entries: Sequence[Entry]) -> None:
+    async def write(self, entries: Sequence[Entry]) -> WriteOutcome:
         self.started.set()
         if self.gate is not None:
             await self.gate.wait()
@@ -32,6 +31,7 @@ class FakeWriter:
             self.failures -= 1
             raise RedisConnectionError("redis went away")
         self.batches.append([e.event_id for e in entries if e.key is not None])
+        return WriteOutcome()
 
 
 def entry(n: int, *, size: int = 10, event_id: str | None = "auto") -> Entry:

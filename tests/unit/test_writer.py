@@ -104,9 +104,9 @@ async def test_a_refusing_dead_letter_stream_gives_up_instead_of_growing(redis: 
     await redis.set("dl", "not a stream either")
     writer = StreamWriter(redis, 0, "dl", clock_ms=Clock(1000))
     batch = [entry("a", 1), entry("b", 2)]
-    await writer.write(batch)
+    outcome = await writer.write(batch)
     assert await values(redis, "b") == ["2"]  # the rest of the batch is stored
-    assert [event_id for event_id, _ in writer.unstorable] == ["evt-1"]
+    assert [event_id for event_id, _ in outcome.unstorable] == ["evt-1"]
     assert batch[0].key is None
     assert batch[0].event_id is None  # not stored, so never acknowledged
     assert len(batch[0].fields["raw"]) < 200  # wrapped once, not again and again
