@@ -22,27 +22,20 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from connector.streams.schema import Entry
+from connector.wire.ids import StreamId, id_below, id_text, parse_id
 
-StreamId = tuple[int, int]
-MAX_SEQ = 2**64 - 1
+__all__ = [
+    "Confirmed",
+    "HeldBatch",
+    "Ledger",
+    "Span",
+    "StreamId",
+    "id_below",
+    "id_text",
+    "parse_id",
+]
+
 EARLY_LIMIT = 100_000
-
-
-def parse_id(value: bytes | str) -> StreamId:
-    """``b"1700000000000-3"`` -> (1700000000000, 3). Raises ValueError for anything else."""
-    text = value.decode("ascii") if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def id_text(value: StreamId) -> str:
-    return f"{value[0]}-{value[1]}"
-
-
-def id_below(value: StreamId) -> str:
-    """The stream id just below ``value`` (a group created there delivers ``value`` next)."""
-    ms, seq = value
-    return f"{ms}-{seq - 1}" if seq > 0 else f"{max(ms - 1, 0)}-{MAX_SEQ if ms > 0 else 0}"
 
 
 @dataclass(slots=True, eq=False)

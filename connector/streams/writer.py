@@ -32,6 +32,7 @@ from connector.streams.schema import Entry
 from connector.wire.client import RedisClient, is_cluster
 from connector.wire.cluster import ClusterWire, misdirected
 from connector.wire.errors import is_busygroup, is_id_too_small, is_transient, needs_reconnect
+from connector.wire.ids import parse_id
 from connector.wire.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ class EntryIds:
 
     def raise_floor(self, key: str, stream_last_id: bytes | str) -> None:
         """Continue above ``stream_last_id`` on ``key`` (after a clash)."""
-        text = stream_last_id.decode() if isinstance(stream_last_id, bytes) else stream_last_id
-        ms_text, _, seq_text = text.partition("-")
-        floor = (int(ms_text), int(seq_text or 0))
+        floor = parse_id(stream_last_id)
         last = self._last.get(key)
         if last is None or floor > last:
             self._last[key] = floor
@@ -262,7 +261,9 @@ class StreamWriter:
             parts.append(EXEC)
         expected = len(prepared) + len(entries) + (2 if self.atomic else 0)
         if self._wire is None:
-            self._wire = await self._wire_factory()  # type: ignore[misc]
+            if self._wire_factory is None:  # the caller chose this path: it has a factory
+                raise WriteError("no connection of our own to write through")
+            self._wire = await self._wire_factory()
         try:
             replies = await self._wire.execute(b"".join(parts), expected)
         except BaseException:
