@@ -24,6 +24,7 @@ from connector.health import readiness
 from connector.http import Readiness
 from connector.launch import take_early_signals
 from connector.metrics import EVENT_TYPES, Metrics
+from connector.streams.groups import START_AFTER_DATA_LOSS
 from connector.streams.schema import SCHEMA_VERSION
 from connector.trading.run import Outcome
 from connector.wire.client import RedisClient
@@ -339,7 +340,7 @@ class Connector:
 
     async def reprovision(self) -> None:
         """Redis lost its data: streams, groups and the registry again, from their start."""
-        self.parts.provisioner.start_id = "0"
+        self.parts.provisioner.start_id = START_AFTER_DATA_LOSS
         self.parts.writer.forget_streams()
         await self._provision_type_streams()
         if self.consumer_gate is not None:

@@ -38,10 +38,10 @@ import orjson
 from redis.exceptions import ResponseError
 
 from connector.acks.acknowledger import Acknowledger
-from connector.acks.ledger import Confirmed, Ledger, Span, StreamId, id_below, id_text, parse_id
+from connector.acks.ledger import Confirmed, Ledger, Span, StreamId, id_text, parse_id
 from connector.logs import RateLimitedLog
 from connector.metrics import Metrics
-from connector.streams.groups import Readers
+from connector.streams.groups import START_REGISTRY, Readers, restart_below
 from connector.streams.schema import Entry, StreamKeys
 from connector.wire.client import RedisClient
 from connector.wire.errors import is_busygroup
@@ -217,7 +217,9 @@ class ConsumerGate:
         """Groups on the registry start at 0: a member joining late still sees every stream."""
         for group in self._groups:
             try:
-                await self._redis.xgroup_create(self._keys.registry, group, id="0", mkstream=True)
+                await self._redis.xgroup_create(
+                    self._keys.registry, group, id=START_REGISTRY, mkstream=True
+                )
             except ResponseError as exc:
                 if not is_busygroup(exc):
                     log.warning("cannot create group on the registry", extra={"error": str(exc)})
@@ -383,7 +385,7 @@ class ConsumerGate:
                 pending = next(results)
                 position = delivered.get(group)
                 if position is None:
-                    missing.append((stream, group, id_below(span.low)))
+                    missing.append((stream, group, restart_below(span.low)))
                 elif not isinstance(pending, Exception):
                     confirmed = self._ledger.apply_group_state(
                         stream, group, position, _pending_ids(pending)

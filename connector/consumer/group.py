@@ -55,6 +55,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from connector.logs import RateLimitedLog
+from connector.streams.groups import restart_after
 from connector.streams.schema import StreamInfo, StreamKeys, parse_key
 from connector.wire.errors import is_busygroup
 from connector.wire.resp import Arg, Endpoint, WireConnection, encode_command
@@ -700,7 +701,10 @@ class GroupConsumer:
         pipe = self.redis.pipeline(transaction=False)
         for stream in overdue:
             pipe.xgroup_create(
-                stream, self.group, id=self._confirmed_upto.get(stream, "0"), mkstream=True
+                stream,
+                self.group,
+                id=restart_after(self._confirmed_upto.get(stream)),
+                mkstream=True,
             )
         await pipe.execute(raise_on_error=False)
         for stream in overdue:

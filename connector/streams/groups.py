@@ -14,6 +14,21 @@ engine only for those candles::
   streams (``md:order``) carry every symbol and are read only through ``types=``.
 
 Groups are created only on the streams they read, and only those streams' entries wait for them.
+
+Where a group starts, in every case (the five rules live here; the registry, the gate and the
+toolkit call them):
+
+1. a required group on a stream the connector is about to write first: ``$``, queued just
+   before that first entry, so the group gets everything the connector writes and no history
+   (:data:`START_NEW`);
+2. after Redis lost its data (a restart without persistence): ``0``, since every stream then
+   holds only entries written since, which nobody has seen (:data:`START_AFTER_DATA_LOSS`);
+3. on the registry: ``0``, so a member that joins late still learns every stream
+   (:data:`START_REGISTRY`);
+4. recreated by the connector after it disappeared: just below the oldest entry the connector
+   still waits for, so nothing it waits for is skipped (:func:`restart_below`);
+5. recreated by the toolkit: where this member last confirmed, or the stream's start (entries
+   may come again, none is skipped) (:func:`restart_after`).
 """
 
 from __future__ import annotations
@@ -24,6 +39,22 @@ from dataclasses import dataclass
 
 from connector.streams.schema import StreamInfo, StreamKeys, parse_key
 from connector.trading.protocol import FRAME_TYPES
+from connector.wire.ids import StreamId, id_below
+
+START_NEW = "$"
+START_AFTER_DATA_LOSS = "0"
+START_REGISTRY = "0"
+
+
+def restart_below(oldest_waiting: StreamId) -> str:
+    """Rule 4: a group created here delivers ``oldest_waiting`` next."""
+    return id_below(oldest_waiting)
+
+
+def restart_after(last_confirmed: str | None) -> str:
+    """Rule 5: after what this member last confirmed, or from the stream's start."""
+    return last_confirmed or "0"
+
 
 # Names that may appear in a Redis command and a metric label without quoting.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")

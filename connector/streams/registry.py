@@ -9,7 +9,7 @@ exists) is expected and ignored.
 
 from __future__ import annotations
 
-from connector.streams.groups import Readers
+from connector.streams.groups import START_NEW, Readers
 from connector.streams.schema import StreamKeys, parse_key
 from connector.wire.resp import Arg
 
@@ -23,10 +23,9 @@ class StreamProvisioner:
         self._keys = keys
         self._readers = readers
         self._run_id = run_id
-        # Where new groups start. "$" (just before this connector's next entry) normally; "0"
-        # after Redis lost its data: every stream then holds only entries written since, which
-        # no consumer has seen, including those written before the loss was noticed.
-        self.start_id = "$"
+        # Where new groups start (see connector.streams.groups, rules 1 and 2): START_NEW,
+        # or START_AFTER_DATA_LOSS once Redis lost its data.
+        self.start_id = START_NEW
 
     def __call__(self, key: str) -> list[list[Arg]]:
         if not self._keys.is_data_stream(key):
