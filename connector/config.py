@@ -23,7 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.connection import parse_url
 
 from connector.logs import register_secret
-from connector.streams.groups import GROUP_NAME, GroupSpec, parse_groups, specs_of
+from connector.streams.groups import GROUP_NAME, GROUP_NAME_RULE, GroupSpec, parse_groups, specs_of
 
 ENV_PREFIX = "CONNECTOR_"
 MASK = "***"
@@ -335,7 +335,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_session_id(cls, value: str) -> str:
         if not GROUP_NAME.fullmatch(value):
-            raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
+            raise ValueError(GROUP_NAME_RULE)
         return value
 
     @field_validator("consumer_groups", mode="before")

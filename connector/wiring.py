@@ -51,7 +51,6 @@ class ServiceHooks(Protocol):
 class Parts:
     """Every part of one connector service, connected."""
 
-    settings: Settings
     metrics: Metrics
     redis: RedisClient
     owns_redis: bool
@@ -63,7 +62,6 @@ class Parts:
     provisioner: StreamProvisioner
     consumer_gate: ConsumerGate | None
     publisher: Publisher
-    router: Router
     session: Session
     ops: OpsServer
     lease: PrefixLease | None
@@ -257,7 +255,6 @@ def build(
     )
     ops = OpsServer(settings.http_host, settings.http_port, metrics.registry, hooks.readiness)
     return Parts(
-        settings=settings,
         metrics=metrics,
         redis=redis,
         owns_redis=owns_redis,
@@ -269,7 +266,6 @@ def build(
         provisioner=provisioner,
         consumer_gate=consumer_gate,
         publisher=publisher,
-        router=router,
         session=session,
         ops=ops,
         lease=lease,

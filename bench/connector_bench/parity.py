@@ -8,24 +8,22 @@ would live: the fill lag in bars (fill bar - signal bar - 1) is 0. In immediate 
 moves on while the order is on its way, and some orders fill a bar (or more) late.
 
 Each mode runs ``connector demo`` (simulator, connector and strategy) in its own process against
-a private redis-server, and reads back the figures it writes with ``--report``.
+a private redis-server (started as every other scenario's), and reads back the figures it writes
+with ``--report``.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import redis
 
-from connector.localredis import free_port, private_server_argv, redis_server_binary
+from connector_bench.procs import Processes, start_redis
 
 MODES = ("immediate", "consumer")
 RUN_TIMEOUT_S = 600.0
@@ -35,54 +33,30 @@ def run(
     steps: int, symbols: tuple[str, ...], workdir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Both modes on one private redis-server; {mode: the demo's figures} (or an error)."""
-    binary = redis_server_binary()
-    if binary is None:
-        raise RuntimeError("redis-server is not on PATH")
     workdir.mkdir(parents=True, exist_ok=True)
-    data = Path(tempfile.mkdtemp(prefix="parity-redis-", dir=workdir))
-    port = free_port()
-    server = subprocess.Popen(
-        private_server_argv(binary, port, str(data)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     results: dict[str, Any] = {}
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
+    with Processes(workdir) as processes:
+        _, url = start_redis(processes)
         for mode in MODES:
             report = workdir / f"parity-{mode}.json"
             command = [sys.executable, "-m", "connector", "demo", "--ack-mode", mode]
             command += ["--steps", str(steps), "--symbols", ",".join(symbols)]
             command += ["--redis-url", url, "--report", str(report)]
             with (workdir / f"parity-{mode}.log").open("w") as out:
-                code = _run_until_redis_answers(command, out, url)
+                code = subprocess.run(
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    timeout=RUN_TIMEOUT_S,
+                    check=False,
+                ).returncode
             if code != 0 or not report.exists():
                 results[mode] = {"error": f"connector demo exited {code}"}
                 log(f"parity/{mode}: FAILED (exit {code}); see parity-{mode}.log")
                 continue
             results[mode] = orjson.loads(report.read_bytes())
             log(f"parity/{mode}: {describe(results[mode])}")
-    finally:
-        server.terminate()
-        server.wait(30)
     return results
-
-
-def _run_until_redis_answers(command: list[str], out: Any, url: str) -> int:
-    """The demo checks that Redis answers and would start its own otherwise: wait for ours."""
-    client = redis.Redis.from_url(url)
-    try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)  # the server's start-up: nothing to await from here
-    finally:
-        client.close()
-    return subprocess.run(
-        command, stdout=out, stderr=subprocess.STDOUT, timeout=RUN_TIMEOUT_S, check=False
-    ).returncode
 
 
 def lag_distribution(lags: list[int]) -> str:

@@ -32,11 +32,11 @@ from connector.cli import config_error
 from connector.config import ConfigError, Settings, load_settings
 from connector.consumer.group import GroupConsumer, Message, default_name
 from connector.logs import setup_logging
-from connector.streams.groups import GROUP_NAME, STREAM_TYPES
+from connector.streams.groups import GROUP_NAME, GROUP_NAME_RULE, START_NEW, STREAM_TYPES
 from connector.streams.schema import StreamKeys
 from connector.wire.client import RedisClient, configuration_problem, make_redis
 
-log = logging.getLogger("connector.consumer.command")
+log = logging.getLogger(__name__)
 
 WAIT_NOTICE_S = 30.0  # while waiting for Redis or for streams, say so this often
 
@@ -64,7 +64,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--start-id",
-        default="$",
+        default=START_NEW,
         help="where a new group starts: $ (entries written from now on) or 0 (the beginning)",
     )
     parser.add_argument("--batch", type=int, default=256, help="entries per read (default 256)")
@@ -124,9 +124,7 @@ def run(args: argparse.Namespace) -> int:
 def _settings(args: argparse.Namespace) -> Settings:
     """The service's settings model, with this command's overrides: one set of rules."""
     if not GROUP_NAME.fullmatch(args.group):
-        raise ConfigError(
-            f"--group: {args.group!r} must be 1-64 characters of letters, digits and _ . : -"
-        )
+        raise ConfigError(f"--group: {args.group!r} {GROUP_NAME_RULE}")
     for option in ("batch", "claim_idle_ms", "max_deliveries"):
         if getattr(args, option) < 1:
             raise ConfigError(f"--{option.replace('_', '-')}: must be at least 1")

@@ -49,14 +49,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from connector.logs import RateLimitedLog
-from connector.streams.groups import restart_after
+from connector.streams.groups import START_NEW, restart_after
 from connector.streams.schema import StreamInfo, StreamKeys, parse_key
+from connector.wire.client import RedisClient
 from connector.wire.errors import is_busygroup
 from connector.wire.resp import Arg, Endpoint, WireConnection, encode_command
 
@@ -64,8 +64,6 @@ log = logging.getLogger(__name__)
 
 MAX_READERS = 64  # blocking connections per consumer on a single node (see _shard_of)
 DEAD_LETTER_MAXLEN = 100_000
-
-RedisClient = Redis | RedisCluster
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +126,7 @@ class GroupConsumer:
         batch_size: int = 256,
         block_ms: int = 100,
         claim_idle_ms: int = 30_000,
-        start_id: str = "$",
+        start_id: str = START_NEW,
         notify: bool = True,
         recover_after: float = 1.0,
         on_confirmed: Callable[[list[Message]], None] | None = None,

@@ -58,6 +58,7 @@ def restart_after(last_confirmed: str | None) -> str:
 
 # Names that may appear in a Redis command and a metric label without quoting.
 GROUP_NAME = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+GROUP_NAME_RULE = "must be 1-64 characters of letters, digits and _ . : -"
 # The types of the data streams (``ping`` is answered, never stored; ``other`` holds unknown ones).
 STREAM_TYPES = (*(kind for kind in FRAME_TYPES if kind != "ping"), "other")
 SELECTORS = ("types", "symbols")
@@ -127,7 +128,7 @@ def check_unique(specs: Sequence[GroupSpec]) -> tuple[GroupSpec, ...]:
 
 def _spec(name: str, selectors: str | None) -> GroupSpec:
     if not GROUP_NAME.fullmatch(name):
-        raise ValueError(f"group {name!r} must be 1-64 characters of letters, digits and _ . : -")
+        raise ValueError(f"group {name!r} {GROUP_NAME_RULE}")
     found: dict[str, frozenset[str]] = {}
     for part in (selectors or "").split(";"):
         if not part.strip():

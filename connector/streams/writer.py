@@ -239,8 +239,10 @@ class StreamWriter:
             entry.blob = encode_fields(entry.fields)
         maxlen = self._maxlen_args
         fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
-        key_text, id_text = _placed(entry)
-        key, entry_id = key_text.encode(), id_text.encode()
+        # Per entry on the hot path: narrowed here, without a call (write() assigned the id).
+        if entry.key is None or entry.entry_id is None:
+            raise ValueError("an entry without a stream or an id reached the write path")
+        key, entry_id = entry.key.encode(), entry.entry_id.encode()
         return b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
             2 + fixed_args + 2 * len(entry.fields),
             len(key),
