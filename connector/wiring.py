@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from redis.asyncio.cluster import RedisCluster
 
 from connector.acks.acknowledger import AckGate, Acknowledger, ImmediateGate
 from connector.acks.consumer_gate import ConsumerGate
@@ -33,7 +31,7 @@ from connector.trading.router import Router
 from connector.trading.run import BacktestRun, Outcome
 from connector.trading.session import Session
 from connector.wire.client import RedisClient, make_redis
-from connector.wire.cluster import ClusterWire
+from connector.wire.pipe import Opener, transport_for
 from connector.wire.resp import WireConnection
 
 
@@ -136,8 +134,6 @@ def build(
     metrics = metrics or Metrics(settings.group_names, settings.metrics_symbol_labels)
     owns_redis = redis is None
     redis = redis if redis is not None else make_redis(settings)
-    cluster_client = redis if isinstance(redis, RedisCluster) else None
-    cluster = cluster_client is not None
     keys = StreamKeys(settings.stream_prefix)
     # Names this run in its markers and registry entries: two backtests in a row on one prefix
     # are told apart (and `connector streams --clear` empties a prefix between them).
@@ -168,17 +164,11 @@ def build(
             complete_timeout=settings.complete_ack_timeout,
         )
     readers = Readers(keys, settings.consumer_groups)
-    open_wire = None if cluster else _wire_opener(settings)
+    transport = transport_for(
+        redis, opener=_wire_opener(settings), reply_timeout=settings.redis_timeout
+    )
     writer = StreamWriter(
-        redis,
-        settings.stream_maxlen,
-        keys.deadletter,
-        wire=open_wire,
-        cluster_wire=(
-            ClusterWire.for_cluster(cluster_client, settings.redis_timeout)
-            if cluster_client is not None
-            else None
-        ),
+        redis, settings.stream_maxlen, keys.deadletter, pipe=transport.pipe(keyed=True)
     )
     provisioner = StreamProvisioner(keys, readers, run_id)
     writer.provision = provisioner
@@ -196,7 +186,7 @@ def build(
             check_interval=settings.consumer_check_interval,
             stall_after=settings.consumer_stall_warning,
             known_streams=writer.known_streams,
-            wire=open_wire,
+            transport=transport,
         )
         if settings.ack_mode == "consumer"
         else None
@@ -274,14 +264,14 @@ def build(
     )
 
 
-def _wire_opener(settings: Settings) -> Callable[[], Awaitable[WireConnection]]:
+def _wire_opener(settings: Settings) -> Opener:
     """The hot paths' own connections (see :mod:`connector.wire.resp`), with the settings'
     credentials (the password file read again for every connection: rotation reaches it)."""
 
-    async def open_wire() -> WireConnection:
+    async def open_wire(reply_timeout: float) -> WireConnection:
         return await WireConnection.open(
             settings.redis_url,
-            reply_timeout=settings.redis_timeout,
+            reply_timeout=reply_timeout,
             username=settings.redis_username,
             password=settings.resolved_redis_password(),
             ca_file=str(settings.redis_ca_file) if settings.redis_ca_file else None,

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -45,7 +45,8 @@ from connector.streams.groups import START_REGISTRY, Readers, restart_below
 from connector.streams.schema import Entry, StreamKeys
 from connector.wire.client import RedisClient
 from connector.wire.errors import is_busygroup
-from connector.wire.resp import Arg, WireConnection, encode_command
+from connector.wire.pipe import Command, Transport, transport_for
+from connector.wire.resp import Arg
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class ConsumerGate:
         known_streams: set[str],
         stall_after: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
-        wire: Callable[[], Awaitable[WireConnection]] | None = None,
+        transport: Transport | None = None,
     ) -> None:
+        """``transport``: where checks and notifications go (see connector.wire.pipe); redis-py
+        when not given."""
         self._redis = redis
         self._keys = keys
         self._readers = readers
@@ -101,14 +104,14 @@ class ConsumerGate:
         # What the last checks saw of each group: consumers, pending, lag (None: unknown).
         self._seen: dict[str, tuple[int, int, int | None]] = {}
         self._clock = clock
-        self._wire = wire
+        self._transport = transport if transport is not None else transport_for(redis, fast=False)
         self._ledger = Ledger(readers.of)
         self._notifying: set[str] = set()  # groups seen confirming by notification
         self._confirm_delay: dict[str, float] = {}  # group -> how long it takes to confirm
         self._next_check = 0.0  # when the check loop looks next (clock time)
         self._chase_until = 0.0  # until then, a check follows the last at once
         self._backoff = FIRST_BACKOFF_S
-        self._check_wire: WireConnection | None = None
+        self._check_pipe = self._transport.pipe()
         self._poke = asyncio.Event()  # the next check moved: a store a check may soon confirm
         self._outstanding = asyncio.Event()
         self._empty = asyncio.Event()
@@ -212,6 +215,7 @@ class ConsumerGate:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            await self._check_pipe.close()
 
     async def create_registry_groups(self) -> None:
         """Groups on the registry start at 0: a member joining late still sees every stream."""
@@ -232,40 +236,14 @@ class ConsumerGate:
         delay = 0.05
         while True:
             try:
-                if self._wire is not None:
-                    await self._listen_wire(self._wire)
-                else:
-                    await self._listen_pubsub()
+                async for payloads in self._transport.messages(self._keys.confirm_channel):
+                    for payload in payloads:
+                        self._apply_notification(payload)
+                    await self._release_ready()
             except Exception as exc:  # a lost channel must not end the loop: the check covers
                 self._log.warning("confirm-listen", "confirmation channel lost", error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-    async def _listen_wire(self, open_wire: Callable[[], Awaitable[WireConnection]]) -> None:
-        """Subscribe on a connection of our own: the replies are parsed in C, so the engine is
-        released a few tens of microseconds sooner than through redis-py's pub/sub."""
-        wire = await open_wire()
-        try:
-            await wire.subscribe(self._keys.confirm_channel)
-            while True:
-                for payload in await wire.messages():
-                    self._apply_notification(payload)
-                await self._release_ready()
-        finally:
-            await wire.close()
-
-    async def _listen_pubsub(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(self._keys.confirm_channel)
-            while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is not None:
-                    self._apply_notification(message["data"])
-                    await self._release_ready()
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _apply_notification(self, data: Any) -> None:
         """``{"g": group, "e": {stream: [id, ...]}}``; anything else (another client's noise on
@@ -303,7 +281,7 @@ class ConsumerGate:
                 try:
                     await self.check(groups)
                 except Exception as exc:  # a failed round trip must not end the loop
-                    await self._drop_check_wire()
+                    await self._check_pipe.close()  # a fresh connection next time
                     self._log.warning(
                         "confirm-check", "cannot check consumer groups", error=str(exc)
                     )
@@ -416,23 +394,14 @@ class ConsumerGate:
             )
 
     async def _query(self, commands: list[list[Arg]]) -> list[Any]:
-        """One round trip: on a connection of our own where there is one (hand-encoded, replies
-        parsed in C: a check costs the connector a fraction of redis-py's pipeline), else
-        through redis-py. Errors come back as values."""
-        if self._wire is None:
-            pipe = self._redis.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command, **_REDIS_PY_OPTIONS.get(str(command[0]), {}))
-            return list(await pipe.execute(raise_on_error=False))
-        if self._check_wire is None:
-            self._check_wire = await self._wire()
-        payload = b"".join(encode_command(command) for command in commands)
-        return await self._check_wire.execute(payload, len(commands))
-
-    async def _drop_check_wire(self) -> None:
-        wire, self._check_wire = self._check_wire, None
-        if wire is not None:
-            await wire.close()
+        """One round trip, errors as values (on our own connection where there is one: a check
+        then costs the connector a fraction of redis-py's pipeline)."""
+        return await self._check_pipe.execute(
+            [
+                Command(command, options=_REDIS_PY_OPTIONS.get(str(command[0])))
+                for command in commands
+            ]
+        )
 
     def _delivered_positions(self, info: Any) -> dict[str, StreamId]:
         """Our group -> its last delivered id, from an XINFO GROUPS reply (empty on NOGROUP or

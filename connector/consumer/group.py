@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
@@ -58,7 +57,8 @@ from connector.streams.groups import START_NEW, restart_after
 from connector.streams.schema import StreamInfo, StreamKeys, parse_key
 from connector.wire.client import RedisClient
 from connector.wire.errors import is_busygroup
-from connector.wire.resp import Arg, Endpoint, WireConnection, encode_command
+from connector.wire.pipe import Command, Pipe, transport_for
+from connector.wire.resp import Arg
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ class GroupConsumer:
         self.name = name or default_name()
         self.keys = StreamKeys(prefix)
         self.stats = ConsumerStats()
-        self._cluster = isinstance(redis, RedisCluster)
+        # The hot loop (blocking reads, confirmations) runs on connections of its own where the
+        # client's set-up allows (see connector.wire.pipe); fast=False keeps redis-py.
+        self._transport = transport_for(redis, fast=fast)
         self._fixed = list(streams) if streams is not None else None
         self._types = set(types) if types else None
         self._symbols = set(symbols) if symbols else None
@@ -173,10 +175,7 @@ class GroupConsumer:
         self._missing_since: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self._infos: dict[str, StreamInfo] = {}
-        # The hot loop (blocking reads, confirmations) runs on connections of its own when the
-        # client is a plain single-node Redis; see connector.wire.resp. fast=False keeps redis-py.
-        self._endpoint = None if self._cluster or not fast else Endpoint.of_client(redis)
-        self._wires: dict[str, WireConnection] = {}
+        self._pipes: dict[str, Pipe] = {}  # lane (a reader, the confirmations) -> its pipe
 
     # -- public --------------------------------------------------------------------------------
 
@@ -229,9 +228,9 @@ class GroupConsumer:
             while self._pending and self._room_left():
                 batch = self._take()
                 await self._process(batch, handler)
-            for wire in list(self._wires.values()):
-                await wire.close()
-            self._wires.clear()
+            for pipe in list(self._pipes.values()):
+                await pipe.close()
+            self._pipes.clear()
 
     async def _process_loop(self, handler: Handler) -> None:
         """Process what the readers deliver, one batch at a time; claim on schedule."""
@@ -287,9 +286,9 @@ class GroupConsumer:
         multi-stream read with only the stream that got data first, so one reader per stream
         receives a whole write at once. Through redis-py, one reader for everything.
         """
-        if self._cluster:
+        if self._transport.slotted:
             return key_slot(stream.encode())
-        if self._endpoint is not None:
+        if self._transport.own_connections:
             return index % MAX_READERS
         return 0
 
@@ -349,38 +348,22 @@ class GroupConsumer:
         return self._messages(reply)
 
     async def _xreadgroup(self, lane: str, streams: list[str], *, block: bool) -> Any:
-        """XREADGROUP ``>`` on ``streams``: over this consumer's own connection when it can
-        (replies parsed in C), else through redis-py."""
-        if self._endpoint is None:
-            return await self.redis.xreadgroup(
-                self.group,
-                self.name,
-                dict.fromkeys(streams, ">"),
-                count=self._batch,
-                block=self._block_ms if block else None,
-            )
+        """XREADGROUP ``>`` on ``streams``, on the lane's own pipe."""
         command: list[Arg] = ["XREADGROUP", "GROUP", self.group, self.name, "COUNT", self._batch]
         if block:
             command += ["BLOCK", self._block_ms]
         command += ["STREAMS", *streams, *([">"] * len(streams))]
-        (reply,) = await self._wire_call(lane, encode_command(command), 1)
+        (reply,) = await self._pipe(lane).execute([Command(command)])
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
-    async def _wire_call(self, lane: str, payload: bytes, replies: int) -> list[Any]:
-        wire = self._wires.get(lane)
-        if wire is None:
-            assert self._endpoint is not None
-            wire = self._wires[lane] = await WireConnection.connect(
-                self._endpoint, reply_timeout=self._block_ms / 1000 + 10
-            )
-        try:
-            return await wire.execute(payload, replies)
-        except BaseException:
-            del self._wires[lane]
-            await wire.close()
-            raise
+    def _pipe(self, lane: str) -> Pipe:
+        pipe = self._pipes.get(lane)
+        if pipe is None:
+            # A blocked read may take block_ms: the reply timeout must outlast it.
+            pipe = self._pipes[lane] = self._transport.pipe(self._block_ms / 1000 + 10)
+        return pipe
 
     def _messages(self, reply: Any) -> list[Message]:
         """Messages from an XREADGROUP/XAUTOCLAIM reply, in redis-py's shape or the raw one.
@@ -590,25 +573,14 @@ class GroupConsumer:
             self._on_confirmed(messages)
 
     async def _ack_and_announce(self, by_stream: dict[str, list[str]], note: bytes | None) -> None:
-        if self._endpoint is not None:
-            commands: list[list[Arg]] = [
-                ["XACK", stream, self.group, *ids] for stream, ids in by_stream.items()
-            ]
-            if note is not None:
-                commands.append(["PUBLISH", self.keys.confirm_channel, note])
-            payload = b"".join(encode_command(command) for command in commands)
-            for reply in await self._wire_call("confirm", payload, len(commands)):
-                if isinstance(reply, ResponseError):
-                    raise reply
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            pipe.xack(stream, self.group, *ids)
-        if note is not None and not self._cluster:
-            pipe.publish(self.keys.confirm_channel, note)
-        await pipe.execute()
-        if note is not None and self._cluster:
-            await self.redis.publish(self.keys.confirm_channel, note)
+        commands = [
+            Command(["XACK", stream, self.group, *ids]) for stream, ids in by_stream.items()
+        ]
+        if note is not None:
+            commands.append(Command(["PUBLISH", self.keys.confirm_channel, note]))
+        for reply in await self._pipe("confirm").execute(commands):
+            if isinstance(reply, ResponseError):
+                raise reply
 
     # -- streams and groups --------------------------------------------------------------------
 

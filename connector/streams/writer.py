@@ -8,39 +8,36 @@ retry also does) cannot store anything twice: the entries that did land come bac
 check tells a real clash (another writer, or a clock that went back) from our own earlier write;
 a clash moves the stream's id floor above the stream's last id and writes again.
 
-On a single Redis the batch goes out through :class:`connector.wire.resp.WireConnection` (encoded by
-hand, replies parsed in C); on a Redis Cluster through :class:`connector.wire.cluster.ClusterWire`
-(the same, one pipeline per master) in the steady state, and through redis-py's cluster pipeline
-(which follows redirections) for batches that provision new streams and for the attempt after a
-redirection or a node failure.
+The batch goes out through a :class:`connector.wire.pipe.Pipe`, which chose its transport once
+(our own connection on a single Redis, one per master on a Redis Cluster, redis-py where those do
+not apply); the writer builds the commands (each XADD's fields encoded once and kept across
+retries) and reads the replies, whichever carried them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
-from redis.typing import EncodableT, FieldT
 
 from connector.logs import RateLimitedLog
 from connector.streams.schema import Entry
-from connector.wire.client import RedisClient, is_cluster
-from connector.wire.cluster import ClusterWire, misdirected
-from connector.wire.errors import is_busygroup, is_id_too_small, is_transient, needs_reconnect
+from connector.wire.client import RedisClient
+from connector.wire.errors import is_busygroup, is_id_too_small, is_transient
 from connector.wire.ids import parse_id
-from connector.wire.resp import EXEC, MULTI, Arg, WireConnection, encode_command, encode_fields
+from connector.wire.pipe import Command, Pipe, TransactionRefused, transport_for
+from connector.wire.resp import Arg, encode_command, encode_fields
 
 log = logging.getLogger(__name__)
 
 _MAX_ROUNDS = 5
 # Commands to run before the first write to a stream (consumer groups, the registry entry).
 Provision = Callable[[str], list[list[Arg]]]
-WireFactory = Callable[[], Awaitable[WireConnection]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,17 +88,16 @@ class StreamWriter:
         maxlen: int,
         deadletter_key: str,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        wire: WireFactory | None = None,
-        cluster_wire: ClusterWire | None = None,
+        pipe: Pipe | None = None,
     ) -> None:
+        """``pipe``: where batches go (see :func:`connector.wire.pipe.transport_for`); redis-py
+        when not given. ``redis`` serves the rare checks after a refusal."""
         self.redis = redis
         self.maxlen = maxlen or None
         self.deadletter_key = deadletter_key
         self.ids = EntryIds()
         self._clock_ms = clock_ms
-        self._wire_factory = wire
-        self._wire: WireConnection | None = None
-        self._cluster_wire = cluster_wire
+        self._pipe = pipe if pipe is not None else transport_for(redis, fast=False).pipe()
         self._maxlen_args = (
             encode_command(["MAXLEN", "~", maxlen])[len(b"*3\r\n") :] if maxlen else b""
         )
@@ -114,8 +110,9 @@ class StreamWriter:
         self._provision_epoch = 0
         self._clash_log = RateLimitedLog(log, interval=30.0)
         # MULTI/EXEC around a batch: consumers blocked on the streams wake once, with the whole
-        # batch, instead of once per XADD. (A refused XADD inside EXEC does not undo the others.)
-        self.atomic = not is_cluster(redis)  # a cluster transaction cannot span slots
+        # batch, instead of once per XADD. (A refused XADD inside EXEC does not undo the others;
+        # a cluster's pipe ignores it: a transaction cannot span slots.)
+        self.atomic = True
 
     async def write(self, entries: Sequence[Entry]) -> WriteOutcome:
         """Store every entry that has a key. Raises on failure; calling again is idempotent."""
@@ -173,24 +170,14 @@ class StreamWriter:
     async def _xadd(self, entries: Sequence[Entry]) -> list[Any]:
         prepared, owners = self._prepare(entries)
         epoch = self._provision_epoch
-        cluster_wire = self._cluster_wire
-        if cluster_wire is not None and not prepared and cluster_wire.usable():
-            encode = self._encode_xadd
-            replies = await cluster_wire.execute([(e.key or "", encode(e)) for e in entries])
-            # Redirected (or a master failed): those entries again at once through redis-py.
-            again = [i for i, reply in enumerate(replies) if misdirected(reply)]
-            if again:
-                retried = await self._xadd_pipeline([], [entries[i] for i in again])
-                await cluster_wire.settled()
-                for index, reply in zip(again, retried, strict=True):
-                    replies[index] = reply
-            return replies
-        if self._wire_factory is not None:
-            replies = await self._xadd_wire(prepared, entries)
-        else:
-            replies = await self._xadd_pipeline(prepared, entries)
-            if cluster_wire is not None:
-                await cluster_wire.settled()
+        maxlen_args, maxlen = self._maxlen_args, self.maxlen
+        commands = [Command(command) for command in prepared]
+        commands.extend(_Xadd(entry, maxlen_args, maxlen) for entry in entries)
+        try:
+            replies = await self._pipe.execute(commands, atomic=self.atomic)
+        except TransactionRefused as exc:
+            # A command refused while queued (OOM, NOPERM): nothing stored, the batch is retried.
+            raise WriteError(str(exc)) from exc
         if epoch == self._provision_epoch:
             self._note_provisioned(owners, replies[: len(prepared)], entries)
         return replies[len(prepared) :]
@@ -208,88 +195,8 @@ class StreamWriter:
         fresh = {e.key for e in entries if e.key is not None} - failed
         self.known_streams.update(fresh)
 
-    async def _xadd_pipeline(
-        self, prepared: list[list[Arg]], entries: Sequence[Entry]
-    ) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=self.atomic)
-        for command in prepared:
-            pipe.execute_command(*command)
-        for entry in entries:
-            key, entry_id = _placed(entry)
-            # redis-py's mapping type is invariant in its keys: the same dict, seen as its type.
-            fields = cast("dict[FieldT, EncodableT]", entry.fields)
-            pipe.xadd(
-                key,
-                fields,
-                id=entry_id,
-                maxlen=self.maxlen,
-                approximate=True,
-            )
-        try:
-            return list(await pipe.execute(raise_on_error=False))
-        except ResponseError as exc:
-            # A transaction refused as a whole (a command refused while queued: OOM, NOPERM):
-            # redis-py raises that command's error; the own connection reports EXECABORT. Both
-            # are the same outcome: nothing stored, the batch is retried.
-            raise WriteError(f"transaction refused: {exc}") from exc
-
-    def _encode_xadd(self, entry: Entry) -> bytes:
-        """``XADD key [MAXLEN ~ n] id field value ...`` as RESP (the fields encoded once)."""
-        if entry.blob is None:
-            entry.blob = encode_fields(entry.fields)
-        maxlen = self._maxlen_args
-        fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
-        # Per entry on the hot path: narrowed here, without a call (write() assigned the id).
-        if entry.key is None or entry.entry_id is None:
-            raise ValueError("an entry without a stream or an id reached the write path")
-        key, entry_id = entry.key.encode(), entry.entry_id.encode()
-        return b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
-            2 + fixed_args + 2 * len(entry.fields),
-            len(key),
-            key,
-            maxlen,
-            len(entry_id),
-            entry_id,
-            entry.blob,
-        )
-
-    async def _xadd_wire(self, prepared: list[list[Arg]], entries: Sequence[Entry]) -> list[Any]:
-        parts = [encode_command(command) for command in prepared]
-        if self.atomic:
-            parts.append(MULTI)
-        encode_xadd = self._encode_xadd
-        parts.extend(encode_xadd(entry) for entry in entries)
-        if self.atomic:
-            parts.append(EXEC)
-        expected = len(prepared) + len(entries) + (2 if self.atomic else 0)
-        if self._wire is None:
-            if self._wire_factory is None:  # the caller chose this path: it has a factory
-                raise WriteError("no connection of our own to write through")
-            self._wire = await self._wire_factory()
-        try:
-            replies = await self._wire.execute(b"".join(parts), expected)
-        except BaseException:
-            await self._drop_wire()
-            raise
-        if any(isinstance(reply, ResponseError) and needs_reconnect(reply) for reply in replies):
-            await self._drop_wire()  # the replies still count: the next attempt reconnects
-        provisioning, replies = replies[: len(prepared)], replies[len(prepared) :]
-        if not self.atomic:
-            return [*provisioning, *replies]
-        executed = replies[-1]
-        if not isinstance(executed, list):  # EXECABORT: a queued command was malformed
-            raise WriteError(f"transaction refused: {executed}")
-        return [*provisioning, *executed]
-
-    async def _drop_wire(self) -> None:
-        if self._wire is not None:
-            wire, self._wire = self._wire, None
-            await wire.close()
-
     async def close(self) -> None:
-        await self._drop_wire()
-        if self._cluster_wire is not None:
-            await self._cluster_wire.close()
+        await self._pipe.close()
 
     async def provision_streams(self, keys: Sequence[str]) -> None:
         """Provision streams ahead of their first entry (so consumers can join them early)."""
@@ -301,10 +208,7 @@ class StreamWriter:
             return
         owners = [key for key in fresh for _ in self.provision(key)]
         epoch = self._provision_epoch
-        pipe = self.redis.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._pipe.execute([Command(command) for command in commands])
         if epoch != self._provision_epoch:
             return
         failed = {
@@ -367,6 +271,48 @@ class StreamWriter:
         entry.label = "deadletter"
         entry.entry_id = None
         entry.blob = None
+
+
+class _Xadd(Command):
+    """``XADD key [MAXLEN ~ n] id field value ...`` of one entry: RESP built from the fields'
+    bytes encoded once (kept on the entry across retries); the argument list only for redis-py."""
+
+    __slots__ = ("_entry", "_maxlen", "_maxlen_args")
+
+    def __init__(self, entry: Entry, maxlen_args: bytes, maxlen: int | None) -> None:
+        super().__init__((), key=entry.key)
+        self._entry = entry
+        self._maxlen_args = maxlen_args
+        self._maxlen = maxlen
+
+    def args(self) -> Sequence[Arg]:
+        key, entry_id = _placed(self._entry)
+        bound: list[Arg] = ["MAXLEN", "~", self._maxlen] if self._maxlen else []
+        flat = [part for pair in self._entry.fields.items() for part in pair]
+        return ["XADD", key, *bound, entry_id, *flat]
+
+    def name(self) -> str:
+        return "XADD"
+
+    def packed(self) -> bytes:
+        entry = self._entry
+        if entry.blob is None:
+            entry.blob = encode_fields(entry.fields)
+        maxlen = self._maxlen_args
+        fixed_args = 4 if maxlen else 1  # MAXLEN ~ n, then the id
+        # Per entry on the hot path: narrowed here, without a call (write() assigned the id).
+        if entry.key is None or entry.entry_id is None:
+            raise ValueError("an entry without a stream or an id reached the write path")
+        key, entry_id = entry.key.encode(), entry.entry_id.encode()
+        return b"*%d\r\n$4\r\nXADD\r\n$%d\r\n%s\r\n%s$%d\r\n%s\r\n%s" % (
+            2 + fixed_args + 2 * len(entry.fields),
+            len(key),
+            key,
+            maxlen,
+            len(entry_id),
+            entry_id,
+            entry.blob,
+        )
 
 
 def _encoded(fields: dict[str, str]) -> dict[bytes, bytes]:

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from connector.streams.schema import Entry
 from connector.streams.writer import StreamWriter, WriteError
+from connector.wire.pipe import WirePipe
 from connector.wire.resp import WireConnection
 from tests.support.redis_server import RedisServer
 
@@ -27,15 +28,15 @@ async def test_out_of_memory_is_retried_not_dead_lettered(
     """Without MULTI (a cluster's batches) each XADD gets its own OOM reply, which is where
     the two shapes differ; in a transaction Redis aborts the whole EXEC (EXECABORT)."""
 
-    async def wire() -> WireConnection:
-        return await WireConnection.open(redis_server.url, reply_timeout=5)
+    async def wire(reply_timeout: float) -> WireConnection:
+        return await WireConnection.open(redis_server.url, reply_timeout=reply_timeout)
 
     writer = StreamWriter(
         redis_client,
         0,
         DEADLETTER,
         clock_ms=lambda: 1000,
-        wire=wire if path != "redis-py" else None,
+        pipe=WirePipe(wire, 5) if path != "redis-py" else None,
     )
     writer.atomic = atomic
     await redis_client.set("ballast", b"x" * 4_000_000)

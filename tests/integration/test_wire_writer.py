@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from connector.streams.schema import Entry
 from connector.streams.writer import StreamWriter, WriteError
+from connector.wire.pipe import WirePipe
 from connector.wire.resp import WireConnection, encode_command, encode_fields
 from tests.support.redis_server import RedisServer
 
@@ -26,10 +27,10 @@ def entry(key: str, n: int, **extra: str) -> Entry:
 def writer_for(
     server: RedisServer, redis: Redis, clock: int = 1000, maxlen: int = 0
 ) -> StreamWriter:
-    async def wire() -> WireConnection:
-        return await WireConnection.open(server.url, reply_timeout=5)
+    async def wire(reply_timeout: float) -> WireConnection:
+        return await WireConnection.open(server.url, reply_timeout=reply_timeout)
 
-    return StreamWriter(redis, maxlen, "dl", clock_ms=lambda: clock, wire=wire)
+    return StreamWriter(redis, maxlen, "dl", clock_ms=lambda: clock, pipe=WirePipe(wire, 5))
 
 
 async def read(redis: Redis, key: str) -> list[dict[str, str]]:
@@ -149,10 +150,10 @@ async def test_a_primary_turned_replica_makes_the_writer_reconnect(
     try:
         targets = iter([old.url, redis_server.url])
 
-        async def wire() -> WireConnection:
-            return await WireConnection.open(next(targets), reply_timeout=5)
+        async def wire(reply_timeout: float) -> WireConnection:
+            return await WireConnection.open(next(targets), reply_timeout=reply_timeout)
 
-        writer = StreamWriter(redis_client, 0, "dl", clock_ms=lambda: 1000, wire=wire)
+        writer = StreamWriter(redis_client, 0, "dl", clock_ms=lambda: 1000, pipe=WirePipe(wire, 5))
         demoted = Redis.from_url(old.url)
         try:
             await demoted.execute_command("REPLICAOF", "127.0.0.1", str(redis_server.port))
