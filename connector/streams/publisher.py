@@ -255,16 +255,17 @@ class Publisher:
                 return
             self._inflight = []
             self._inflight_bytes = 0
-            self._count_published(batch)
+            stored = outcome.as_stored(batch)
+            self._count_published(stored)
             if outcome.clashes:
                 self._metrics.foreign_data.counts["clash"] += outcome.clashes
             if outcome.unstorable:
                 self._unstorable(outcome.unstorable)
-            await self._on_stored(batch)
+            await self._on_stored(stored)
 
-    def _unstorable(self, failures: Sequence[tuple[str | None, str]]) -> None:
+    def _unstorable(self, failures: Sequence[tuple[Entry, str]]) -> None:
         self._metrics.dropped.labels("unstorable").inc(len(failures))
-        ids = sum(1 for event_id, _ in failures if event_id is not None)
+        ids = sum(1 for entry, _ in failures if entry.event_id is not None)
         if ids:
             self._on_dropped(ids)
         log.error(

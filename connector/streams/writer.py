@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -42,12 +42,28 @@ Provision = Callable[[str], list[list[Arg]]]
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
-    """What a write did besides storing: entries no stream would take (neither stored nor to be
-    acknowledged: ``(event id, error)``), and how many of our next ids another client had
-    taken (stepped over)."""
+    """What a write did besides storing each entry where it was headed.
 
-    unstorable: tuple[tuple[str | None, str], ...] = ()
+    ``diverted``: entries a stream refused for good, each with the entry stored in the
+    dead-letter stream in its place (same event, so acknowledged the same). ``unstorable``:
+    entries no stream would take, with the error (neither stored nor to be acknowledged).
+    ``clashes``: how many of our next ids another client had taken (stepped over)."""
+
+    diverted: tuple[tuple[Entry, Entry], ...] = ()
+    unstorable: tuple[tuple[Entry, str], ...] = ()
     clashes: int = 0
+
+    def as_stored(self, entries: Sequence[Entry]) -> list[Entry]:
+        """``entries`` as Redis now holds them: a diverted entry as its dead-letter entry, one
+        that could not be stored as nothing to write or acknowledge (the end of a run it
+        carries still counts)."""
+        if not self.diverted and not self.unstorable:
+            return list(entries)
+        # By identity: entries compare by value, and two events may look alike.
+        swap = {id(original): stored for original, stored in self.diverted}
+        for entry, _ in self.unstorable:
+            swap[id(entry)] = replace(entry, key=None, event_id=None, entry_id=None)
+        return [swap.get(id(entry), entry) for entry in entries]
 
 
 class WriteError(Exception):
@@ -105,6 +121,8 @@ class StreamWriter:
         # their own errors are expected (BUSYGROUP) and ignored.
         self.provision: Provision | None = None
         self.known_streams: set[str] = set()
+        # (stream, id) of a refused entry -> its dead-letter entry, until its batch is stored.
+        self._diversions: dict[tuple[str, str], Entry] = {}
         # Bumped by forget_streams(): a write in flight meanwhile must not mark its streams
         # provisioned again (its provisioning commands were decided before the loss).
         self._provision_epoch = 0
@@ -115,13 +133,18 @@ class StreamWriter:
         self.atomic = True
 
     async def write(self, entries: Sequence[Entry]) -> WriteOutcome:
-        """Store every entry that has a key. Raises on failure; calling again is idempotent."""
+        """Store every entry that has a key. Raises on failure; calling again with the same
+        entries is idempotent (each keeps the id chosen for it, the one mark the writer leaves
+        on an entry; a diverted entry's dead-letter entry is remembered until the batch is
+        stored, so a retry writes it at the same id)."""
         todo = [entry for entry in entries if entry.key is not None]
-        unstorable: list[tuple[str | None, str]] = []
+        diverted: list[tuple[Entry, Entry]] = []
+        unstorable: list[tuple[Entry, str]] = []
         clashes = 0
         for _ in range(_MAX_ROUNDS):
             if not todo:
-                return WriteOutcome(tuple(unstorable), clashes)
+                self._diversions.clear()
+                return WriteOutcome(tuple(diverted), tuple(unstorable), clashes)
             now_ms = self._clock_ms()
             for entry in todo:
                 if entry.entry_id is None:
@@ -139,14 +162,25 @@ class StreamWriter:
                 elif entry.key == self.deadletter_key:
                     # Even the dead-letter stream refuses it (e.g. the key holds another type):
                     # give up on this one entry rather than block everything behind it.
-                    unstorable.append(self._give_up(entry, result))
+                    original = self._origin(entry, diverted)
+                    unstorable.append((original, str(result)[:300]))
+                    diverted = [pair for pair in diverted if pair[0] is not original]
                 else:
-                    self._divert(entry, result)
-                    refused.append(entry)
+                    stored = self._divert(entry, result)
+                    diverted.append((entry, stored))
+                    refused.append(stored)
             taken = await self._unplaced(suspects)
             clashes += len(taken)
             todo = [*taken, *refused]
         raise WriteError(f"{len(todo)} entries could not be placed after {_MAX_ROUNDS} rounds")
+
+    @staticmethod
+    def _origin(entry: Entry, diverted: list[tuple[Entry, Entry]]) -> Entry:
+        """The caller's entry behind ``entry`` (itself, or the one it was diverted from)."""
+        for original, stored in diverted:
+            if stored is entry:
+                return original
+        return entry
 
     def _prepare(self, entries: Sequence[Entry]) -> tuple[list[list[Arg]], list[str]]:
         """Provisioning commands for streams not yet provisioned, and the stream of each."""
@@ -251,26 +285,26 @@ class StreamWriter:
             entry.entry_id = None
         return clashes
 
-    def _give_up(self, entry: Entry, error: BaseException) -> tuple[str | None, str]:
-        """Nothing more to try: the entry is neither stored nor, therefore, acknowledged."""
-        given_up = (entry.event_id, str(error)[:300])
-        entry.key = None
-        entry.event_id = None
-        entry.entry_id = None
-        return given_up
-
-    def _divert(self, entry: Entry, error: BaseException) -> None:
-        """A permanent refusal (e.g. WRONGTYPE): keep the event, in the dead-letter stream."""
-        entry.fields = {
-            "reason": "store_failed",
-            "detail": str(error)[:300],
-            "stream": entry.key or "",
-            "raw": orjson.dumps(entry.fields).decode(),
-        }
-        entry.key = self.deadletter_key
-        entry.label = "deadletter"
-        entry.entry_id = None
-        entry.blob = None
+    def _divert(self, entry: Entry, error: BaseException) -> Entry:
+        """A permanent refusal (e.g. WRONGTYPE): the event kept, in the dead-letter stream. The
+        same dead-letter entry (and id) for every retry of the batch."""
+        memo = (_key(entry), entry.entry_id or "")
+        stored = self._diversions.get(memo)
+        if stored is None:
+            stored = self._diversions[memo] = replace(
+                entry,
+                key=self.deadletter_key,
+                fields={
+                    "reason": "store_failed",
+                    "detail": str(error)[:300],
+                    "stream": entry.key or "",
+                    "raw": orjson.dumps(entry.fields).decode(),
+                },
+                label="deadletter",
+                entry_id=None,
+                blob=None,
+            )
+        return stored
 
 
 class _Xadd(Command):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import fakeredis
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from connector.streams.schema import Entry
 from connector.streams.writer import EntryIds, StreamWriter
+from connector.wire.pipe import Command, RedisPyPipe
 
 
 @pytest.fixture
@@ -74,14 +77,18 @@ async def test_permanent_refusal_goes_to_the_dead_letter_stream(redis: Redis) ->
     await redis.set("a", "not a stream")
     writer = StreamWriter(redis, 0, "dl", clock_ms=Clock(1000))
     batch = [entry("a", 1)]
-    await writer.write(batch)
+    outcome = await writer.write(batch)
     rows = await redis.xrange("dl")
     assert len(rows) == 1
     fields = rows[0][1]
     assert fields[b"reason"] == b"store_failed"
     assert fields[b"stream"] == b"a"
     assert b"WRONGTYPE" in fields[b"detail"]
-    assert batch[0].label == "deadletter"
+    ((original, stored),) = outcome.diverted
+    assert original is batch[0]
+    assert batch[0].key == "a"
+    assert (stored.key, stored.label, stored.event_id) == ("dl", "deadletter", "evt-1")
+    assert outcome.as_stored(batch) == [stored]  # acknowledged as what Redis holds
 
 
 async def test_approximate_maxlen_bounds_the_stream(redis: Redis) -> None:
@@ -106,10 +113,46 @@ async def test_a_refusing_dead_letter_stream_gives_up_instead_of_growing(redis: 
     batch = [entry("a", 1), entry("b", 2)]
     outcome = await writer.write(batch)
     assert await values(redis, "b") == ["2"]  # the rest of the batch is stored
-    assert [event_id for event_id, _ in outcome.unstorable] == ["evt-1"]
-    assert batch[0].key is None
-    assert batch[0].event_id is None  # not stored, so never acknowledged
-    assert len(batch[0].fields["raw"]) < 200  # wrapped once, not again and again
+    assert [(e.event_id, "WRONGTYPE" in error) for e, error in outcome.unstorable] == [
+        ("evt-1", True)
+    ]
+    assert outcome.diverted == ()
+    given_up = outcome.as_stored(batch)[0]
+    assert given_up.key is None
+    assert given_up.event_id is None
+    assert batch[0].key == "a"  # the caller's entry untouched
+
+
+class LosesOneReply:
+    """redis-py's pipe, except that the ``lose``-th round trip runs and its reply is lost."""
+
+    def __init__(self, redis: Redis, lose: int) -> None:
+        self._pipe = RedisPyPipe(redis)
+        self._calls = 0
+        self._lose = lose
+
+    async def execute(self, commands: Sequence[Command], *, atomic: bool = False) -> list[Any]:
+        self._calls += 1
+        replies = await self._pipe.execute(commands, atomic=atomic)
+        if self._calls == self._lose:
+            raise RedisConnectionError("the reply was lost")
+        return replies
+
+    async def close(self) -> None:
+        await self._pipe.close()
+
+
+async def test_a_retried_diversion_is_stored_once(redis: Redis) -> None:
+    """The dead-letter write ran but its reply was lost: the retry writes the same entry at the
+    same id, which Redis recognises, instead of a second copy."""
+    await redis.set("a", "not a stream")
+    writer = StreamWriter(redis, 0, "dl", clock_ms=Clock(1000), pipe=LosesOneReply(redis, 2))
+    batch = [entry("a", 1)]
+    with pytest.raises(RedisConnectionError):
+        await writer.write(batch)
+    outcome = await writer.write(batch)
+    assert await redis.xlen("dl") == 1
+    assert [stored.key for _, stored in outcome.diverted] == ["dl"]
 
 
 async def test_a_stream_counts_as_provisioned_only_when_provisioning_worked(redis: Redis) -> None:
