@@ -170,6 +170,10 @@ class GroupConsumer:
         self._pending: list[Message] = []
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
+        # Set while the processor waits for entries; readers that hand it entries then wait until
+        # that batch's confirmation is written (or its handler failed) to read again.
+        self._idle = False
+        self._turn: asyncio.Future[None] | None = None  # resolved at that point
         self._registry_cursor = "0-0"
         self._confirmed_upto: dict[str, str] = {}
         self._missing_since: dict[str, float] = {}
@@ -187,6 +191,7 @@ class GroupConsumer:
         self._stopping.set()
         self._ready.set()
         self._room.set()  # readers waiting to deliver: finish, so what they read is processed
+        self._end_turn()
 
     async def run(self, handler: Handler, limit: int | None = None) -> None:
         """Read, process and confirm until :meth:`stop` (or ``limit`` entries were handled:
@@ -237,15 +242,22 @@ class GroupConsumer:
         next_claim = time.monotonic() + self._claim_every
         while not self._stopping.is_set():
             if not self._pending:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, next_claim - time.monotonic())):
-                        await self._ready.wait()
+                self._idle = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, next_claim - time.monotonic())):
+                            await self._ready.wait()
+                finally:
+                    self._idle = False
                 self._ready.clear()
             if self._pending and not self._stopping.is_set():
                 # One turn of the loop first: readers woken by the same write (one per stream)
                 # add their entries, and the whole write is processed and confirmed at once.
                 await asyncio.sleep(0)
-                await self._process(self._take(), handler)
+                try:
+                    await self._process(self._take(), handler)
+                finally:
+                    self._end_turn()
                 if not self._room_left():
                     self.stop()  # the limit is reached
             if self._dead:
@@ -256,6 +268,18 @@ class GroupConsumer:
                     await self._claim(handler)
                 except Exception as exc:  # the next cycle tries again
                     self._log.warning("claim", "consumer: claiming failed", error=str(exc)[:200])
+
+    def _end_turn(self) -> None:
+        """The processor is done with a batch (or stopping): readers waiting for it read on."""
+        turn, self._turn = self._turn, None
+        if turn is not None and not turn.done():
+            turn.set_result(None)
+
+    async def _after_turn(self) -> None:
+        """Until the processor is done with the batch it is about to take."""
+        if self._turn is None:
+            self._turn = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._turn)
 
     def _room_left(self) -> int:
         if self._limit is None:
@@ -334,7 +358,14 @@ class GroupConsumer:
                 await self._pause(0.5)
                 continue
             if messages or self._dead:
+                # An idle processor takes these at once: its confirmation (which a connector in
+                # consumer-ack mode waits for, to release the engine) then goes out before this
+                # reader's next read, rather than behind one read per stream. A busy one (a
+                # batch in its handler) does not hold the reads back.
+                handed_to_idle = self._idle and bool(messages)
                 await self._deliver(messages)
+                if handed_to_idle and not self._stopping.is_set():
+                    await self._after_turn()
 
     async def _sweep(self, shard: int, streams: list[str], served: set[str]) -> list[Message]:
         """Redis before 7.2 answers a blocked multi-stream read with the one stream that woke
@@ -547,6 +578,9 @@ class GroupConsumer:
         self.stats.processed += len(messages)
         for message in messages:
             self.stats.by_type[message.type] = self.stats.by_type.get(message.type, 0) + 1
+        # Readers waiting for this batch read again once its confirmation is on its way: they
+        # run when this task next yields, after the confirmation was written.
+        self._end_turn()
         await self._confirm(messages)
 
     async def _confirm(self, messages: list[Message]) -> None:
