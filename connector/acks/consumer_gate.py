@@ -242,10 +242,12 @@ class ConsumerGate:
         delay = 0.05
         while True:
             try:
-                async for payloads in self._transport.messages(self._keys.confirm_channel):
-                    for payload in payloads:
-                        self._apply_notification(payload)
-                    await self._release_ready()
+                channel = self._transport.messages(self._keys.confirm_channel)
+                async with contextlib.aclosing(channel):
+                    async for payloads in channel:
+                        for payload in payloads:
+                            self._apply_notification(payload)
+                        await self._release_ready()
             except Exception as exc:  # a lost channel must not end the loop: the check covers
                 self._log.warning("confirm-listen", "confirmation channel lost", error=str(exc))
             await asyncio.sleep(delay)

@@ -21,7 +21,7 @@ reason to branch on the transport.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from redis.asyncio.cluster import RedisCluster
@@ -234,9 +234,10 @@ class Transport:
                 return ClusterPipe(cluster_wire, RedisPyPipe(self._client))
         return RedisPyPipe(self._client)
 
-    def messages(self, channel: str) -> AsyncIterator[list[bytes]]:
+    def messages(self, channel: str) -> AsyncGenerator[list[bytes], None]:
         """The payloads published on ``channel``, a batch at a time, until the connection fails
-        (then the iteration raises). The subscription ends with the iteration."""
+        (then the iteration raises). Close it (``contextlib.aclosing``) to end the subscription
+        at once rather than when the generator is collected."""
         if self._opener is not None:
             return _wire_messages(self._opener, self._reply_timeout, channel)
         return _pubsub_messages(self._client, channel)
@@ -244,7 +245,7 @@ class Transport:
 
 async def _wire_messages(
     opener: Opener, reply_timeout: float, channel: str
-) -> AsyncIterator[list[bytes]]:
+) -> AsyncGenerator[list[bytes], None]:
     wire = await opener(reply_timeout)
     try:
         await wire.subscribe(channel)
@@ -254,7 +255,7 @@ async def _wire_messages(
         await wire.close()
 
 
-async def _pubsub_messages(client: RedisClient, channel: str) -> AsyncIterator[list[bytes]]:
+async def _pubsub_messages(client: RedisClient, channel: str) -> AsyncGenerator[list[bytes], None]:
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     try:
         await pubsub.subscribe(channel)
