@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from redis.asyncio.cluster import RedisCluster
@@ -46,6 +47,9 @@ Opener = Callable[[float], Awaitable[WireConnection]]
 
 # redis-py's cluster pipeline routes by key; a command without one goes on its own.
 _KEYLESS = frozenset({"PUBLISH"})
+# Shared by every command without parser options (most of them, every XADD among them): no empty
+# dict per command on the write path.
+_NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 
 
 class TransactionRefused(ResponseError):
@@ -69,7 +73,7 @@ class Command:
         self._args = args
         self._packed: bytes | None = None
         self.key = key
-        self.options = options or {}
+        self.options = options or _NO_OPTIONS
 
     def args(self) -> Sequence[Arg]:
         return self._args
