@@ -13,11 +13,23 @@ from collections.abc import Sequence
 INSTALL_HINT = "Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis"
 
 
+# Ports free_port handed out in this process: the kernel may offer a port again as soon as the
+# probe closes, so two calls before either port is bound (a simulator's and a connector's HTTP
+# port) could otherwise get the same one.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free a moment ago on 127.0.0.1, and not one this process got before."""
+    port = 0
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            break
+    _handed_out.add(port)
+    return port
 
 
 def redis_server_binary() -> str | None:

