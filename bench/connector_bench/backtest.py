@@ -12,6 +12,8 @@ Consumer-ack scenarios (the connector only; each consumer is a process of its ow
 * ``consumer``: ``connector consume`` (the toolkit), which notifies on ``md:confirm``;
 * ``consumer-plain``: the repository's ``docs/recipes/redis_py_consumer.py``, which only XACKs:
   the connector finds its confirmations by checking group state;
+* ``consumer-floor``: ``connector_bench.floorconsumer``, the least a consumer does per step (no
+  event loop, it notifies): what this machine allows, to read the toolkit's figure against;
 * ``consumer-wide`` / ``consumer-wide-plain``: the same with ``Plan.wide_symbols`` symbols;
 * ``consumer-idle``: ``consumer-plain`` with ``Plan.idle_streams`` idle streams under the
   prefix, created (with the group, and announced in the registry) before the run.
@@ -30,6 +32,7 @@ from connector_bench.clients import (
     STREAM_PREFIX,
     candle_keys,
     start_consumer,
+    start_floor_consumer,
     start_plain_consumer,
 )
 from connector_bench.procs import BenchError, Managed, start_redis
@@ -51,7 +54,8 @@ PLAIN_GROUPS = f"{CONSUMER_GROUP}[types=candle]"
 
 @dataclass(frozen=True, slots=True)
 class Backtest:
-    """One lock-step backtest. ``consumer``: None (immediate acks), ``toolkit`` or ``plain``."""
+    """One lock-step backtest. ``consumer``: None (immediate acks), ``toolkit``, ``plain`` or
+    ``floor``."""
 
     name: str
     consumer: str | None = None
@@ -95,7 +99,7 @@ class Backtest:
     def _ack_env(self) -> dict[str, str]:
         if self.consumer is None:
             return {}
-        groups = PLAIN_GROUPS if self.consumer == "plain" else CONSUMER_GROUP
+        groups = CONSUMER_GROUP if self.consumer == "toolkit" else PLAIN_GROUPS
         return {"CONNECTOR_ACK_MODE": "consumer", "CONNECTOR_CONSUMER_GROUPS": groups}
 
     def _consumer(self, run: Run, redis_url: str) -> Managed | None:
@@ -104,6 +108,9 @@ class Backtest:
         if self.consumer == "plain":
             streams = candle_keys(self.symbols(run.plan))
             return start_plain_consumer(run.processes, redis_url, CONSUMER_GROUP, streams)
+        if self.consumer == "floor":
+            streams = candle_keys(self.symbols(run.plan))
+            return start_floor_consumer(run.processes, redis_url, CONSUMER_GROUP, streams)
         return start_consumer(
             run.processes, redis_url, CONSUMER_GROUP, dict(run.plan.connector_env)
         )
@@ -191,6 +198,7 @@ BACKTEST_SCENARIOS: dict[str, Backtest] = {
         Backtest("backtest"),
         Backtest("consumer", "toolkit"),
         Backtest("consumer-plain", "plain"),
+        Backtest("consumer-floor", "floor"),
         Backtest("consumer-wide", "toolkit", wide=True),
         Backtest("consumer-wide-plain", "plain", wide=True),
         Backtest("consumer-idle", "plain", idle=True),

@@ -178,9 +178,8 @@ def start_plain_consumer(
     processes: Processes, redis_url: str, group: str, streams: Sequence[str]
 ) -> Managed:
     """The recipe as its own process, reading ``streams`` in ``group`` (it XACKs and never
-    notifies). Ready once it waits in a blocked XREADGROUP (Redis 7.0 adds the member to the
-    group only when it is first served), so its start-up is over before the run starts. Its
-    per-entry line goes to a file, as an operator's log would."""
+    notifies). Ready once it waits in a blocked XREADGROUP, so its start-up is over before the
+    run starts. Its per-entry line goes to a file, as an operator's log would."""
     argv = [sys.executable, str(plain_recipe())]
     env = child_env(
         {
@@ -191,6 +190,33 @@ def start_plain_consumer(
         }
     )
     consumer = processes.start("consumer", argv, env=env, capture_stdout=True)
+    _wait_blocked(consumer, redis_url)
+    return consumer
+
+
+def start_floor_consumer(
+    processes: Processes, redis_url: str, group: str, streams: Sequence[str]
+) -> Managed:
+    """``connector_bench.floorconsumer`` reading ``streams`` in ``group``: the least a consumer
+    does per step (it notifies, like the toolkit). Ready once it waits in a blocked read."""
+    argv = [sys.executable, "-m", "connector_bench.floorconsumer"]
+    env = child_env(
+        {
+            "REDIS_URL": redis_url,
+            "GROUP": group,
+            "STREAMS": ",".join(streams),
+            "CONSUMER": "bench-floor",
+            "PREFIX": STREAM_PREFIX,
+        }
+    )
+    consumer = processes.start("consumer", argv, env=env, capture_stdout=True)
+    _wait_blocked(consumer, redis_url)
+    return consumer
+
+
+def _wait_blocked(consumer: Managed, redis_url: str) -> None:
+    """Until a client waits in a blocked XREADGROUP (Redis 7.0 adds a member to the group only
+    when it is first served, so membership cannot tell)."""
     probe = Redis.from_url(redis_url, socket_timeout=5)
 
     def blocked() -> bool:
@@ -204,7 +230,6 @@ def start_plain_consumer(
         wait_until(blocked, READY_TIMEOUT, "the consumer's first blocked read", process=consumer)
     finally:
         probe.close()
-    return consumer
 
 
 def _wait_joined(consumer: Managed, redis_url: str, key: str, group: str) -> None:

@@ -7,7 +7,9 @@ backtest in consumer-ack mode with the toolkit (`consumer`, it notifies) and wit
 plain redis-py consumer (`consumer-plain`, it only XACKs), ack latency at a fixed rate, and a
 1,000,000-event run for peak memory. Only when named (or with --quick): `consumer-wide` and
 `consumer-wide-plain` (500 symbols per step) and `consumer-idle` (1,000 idle streams beside the
-run's), which show what checking group state costs Redis; `scale` (--scenarios scale): 1, 2, 3...
+run's), which show what checking group state costs Redis, and `consumer-floor` (a consumer that
+does the least per step, with no event loop: what the machine allows consumer-ack mode, to read
+the toolkit's figure against); `scale` (--scenarios scale): 1, 2, 3...
 connectors at once, each with its own simulator and stream prefix, against one redis-server or a
 local Redis Cluster (--cluster). Optionally a soak (--soak SECONDS) that watches the connector's
 memory.
@@ -20,6 +22,8 @@ Quick check (about 40 seconds, every scenario but scale): connector bench --quic
 Full run (about 7 minutes): connector bench --json /tmp/bench.json   (see docs/performance.md)
 Checking cost: connector bench --scenarios backtest,consumer,consumer-plain,consumer-wide,\
     consumer-wide-plain,consumer-idle --clients connector
+Toolkit against the floor: connector bench --scenarios backtest,consumer,consumer-floor \
+    --clients connector
 Scale (about 5 minutes): connector bench --scenarios scale --cluster --also-single
     (see docs/scaling.md)
 """
@@ -51,6 +55,7 @@ from connector_bench.scenarios import Plan, Runner, Scenario, symbol_names
 #: Scenarios run only when named (not part of the default selection); --quick runs all but
 #: ``scale`` (its own options) at tiny sizes.
 EXTRA_SCENARIOS: tuple[str, ...] = (
+    "consumer-floor",
     "consumer-wide",
     "consumer-wide-plain",
     "consumer-idle",

@@ -11,11 +11,13 @@ from connector_bench.stats import LatencySummary, median_or_none, ratio
 Client = Literal["connector", "baseline", "raw"]
 CLIENTS: tuple[Client, ...] = ("connector", "baseline", "raw")
 
-#: Consumer-ack scenarios, by the consumer they run (each as its own process):
-#: the toolkit (``connector consume``, which notifies) or the plain redis-py recipe (XACK only).
+#: Consumer-ack scenarios, by the consumer they run (each as its own process): the toolkit
+#: (``connector consume``, which notifies), the plain redis-py recipe (XACK only) or the floor
+#: (``connector_bench.floorconsumer``: the least a consumer does per step).
 CONSUMER_SCENARIOS: tuple[str, ...] = (
     "consumer",
     "consumer-plain",
+    "consumer-floor",
     "consumer-wide",
     "consumer-wide-plain",
     "consumer-idle",

@@ -33,6 +33,7 @@ EXPECTED_CLIENTS = {
     "backtest": {"connector", "baseline", "raw"},
     "consumer": {"connector"},
     "consumer-plain": {"connector"},
+    "consumer-floor": {"connector"},
     "consumer-wide": {"connector"},
     "consumer-wide-plain": {"connector"},
     "consumer-idle": {"connector"},
@@ -40,7 +41,7 @@ EXPECTED_CLIENTS = {
     "million": {"connector"},
 }
 BACKTESTS = ("backtest", "consumer", "consumer-plain", "consumer-wide", "consumer-wide-plain")
-BACKTESTS += ("consumer-idle",)
+BACKTESTS += ("consumer-idle", "consumer-floor")
 
 
 def bench_env(marker: str) -> dict[str, str]:
@@ -197,6 +198,7 @@ def check_consumer_figures(stdout: str, doc: dict[str, Any]) -> None:
     """The step-cost table and the consumer targets are there, from the runs' own figures."""
     assert "Redis CPU us/step" in stdout
     assert "plain XACK (checked) + 100 idle streams" in stdout
+    assert "floor (no event loop, notifies)" in stdout
     settings = doc["settings"]
     wide = next(run for run in doc["runs"] if run["scenario"] == "consumer-wide-plain")
     assert wide["measures"]["symbols"] == settings["wide_symbols"]

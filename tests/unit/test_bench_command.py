@@ -78,7 +78,8 @@ def test_selection_of_scenarios_and_clients() -> None:
 def test_consumer_scenarios_default_opt_in_and_quick() -> None:
     default = {scenario for scenario, _ in selection(parse())}
     assert {"backtest", "consumer", "consumer-plain"} <= default
-    assert not default & {"consumer-wide", "consumer-wide-plain", "consumer-idle", "scale"}
+    extra = {"consumer-floor", "consumer-wide", "consumer-wide-plain", "consumer-idle", "scale"}
+    assert not default & extra
     quick = {scenario for scenario, _ in selection(parse("--quick"))}
     assert quick == set(SCENARIOS) - {"scale"}  # a smoke test of every scenario but scale
     named = selection(parse("--scenarios", "consumer-idle,consumer-wide"))
