@@ -48,7 +48,7 @@ from connector_bench.simproc import (
 from connector_bench.stats import rate, summarize_latencies
 
 CONSUMER_GROUP = "bench"
-#: The plain consumer reads the candle streams: the connector is told so.
+#: The plain consumer and the floor read the candle streams: the connector is told so.
 PLAIN_GROUPS = f"{CONSUMER_GROUP}[types=candle]"
 
 
