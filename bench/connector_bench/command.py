@@ -31,6 +31,7 @@ Scale (about 5 minutes): connector bench --scenarios scale --cluster --also-sing
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import signal
@@ -44,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from connector_bench import chart, machine, parity
+from connector_bench import chart, machine, parity, procs
 from connector_bench.backtest import BACKTEST_SCENARIOS
 from connector_bench.feeds import Latency, Live, soak
 from connector_bench.report import document, profile_block, render
@@ -135,6 +136,14 @@ def _what_options(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--repeat", type=int, default=None, help="runs per row (default 3; quick 1)")
     what.add_argument(
         "--quick", action="store_true", help="tiny counts (a few seconds per run): a smoke test"
+    )
+    what.add_argument(
+        "--redis-server",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the server to run (e.g. a valkey-server or a newer redis-server); default: the "
+        "redis-server on PATH",
     )
 
 
@@ -413,6 +422,9 @@ def invocation(args: argparse.Namespace) -> Invocation:
     with_parity = PARITY in _scenario_names(args)
     if not pairs and not args.soak and scale is None and not with_parity:
         raise ValueError("nothing to run")
+    server = args.redis_server
+    if server is not None and not (server.is_file() and os.access(server, os.X_OK)):
+        raise ValueError(f"--redis-server {server}: not an executable file")
     return Invocation(plan, pairs, scale, repeat, with_parity)
 
 
@@ -422,6 +434,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"connector bench: {exc}", file=sys.stderr)
         return 2
+    if args.redis_server is not None:
+        procs.use_redis_server(str(args.redis_server))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     temporary = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="connector-bench-")) if temporary else args.workdir

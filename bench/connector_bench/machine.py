@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import connector
+from connector_bench import procs
 
 PACKAGES = (
     "connector",
@@ -42,8 +42,10 @@ def _read(path: str) -> str:
 
 
 def redis_server_version() -> str | None:
-    binary = shutil.which("redis-server")
-    if binary is None:
+    """The version of the server the runs start, with its name when it is not Redis."""
+    try:
+        binary = procs.redis_server_binary()
+    except procs.BenchError:
         return None
     try:
         out = subprocess.run(
@@ -51,9 +53,10 @@ def redis_server_version() -> str | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
+    name = "" if out.startswith("Redis") else f" ({out.split(' ', 1)[0]})"
     for part in out.split():
         if part.startswith("v="):
-            return part[2:]
+            return part[2:] + name
     return out.strip() or None
 
 

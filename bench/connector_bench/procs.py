@@ -301,7 +301,19 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
         return None
 
 
+# The server every run starts (connector bench --redis-server); None: the redis-server on PATH.
+_chosen_server: str | None = None
+
+
+def use_redis_server(path: str | None) -> None:
+    """Run ``path`` (another redis-server, a valkey-server) instead of the one on PATH."""
+    global _chosen_server
+    _chosen_server = path
+
+
 def redis_server_binary() -> str:
+    if _chosen_server is not None:
+        return _chosen_server
     found = localredis.redis_server_binary()
     if found is None:
         raise BenchError(f"redis-server is not on PATH ({localredis.INSTALL_HINT})")

