@@ -69,7 +69,9 @@ class Floor:
         replies = self._replies(self._send([*self._due, self._read]))
         self._due = []
         read = replies[-1]
-        if not isinstance(read, list):
+        if isinstance(read, hiredis.ReplyError):  # NOGROUP and the like: it does not recover
+            raise RuntimeError(f"XREADGROUP refused: {read}")
+        if not isinstance(read, list):  # the block ran out
             return 0
         confirmed: dict[str, list[str]] = {}
         for stream, rows in read:
